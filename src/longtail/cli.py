@@ -1,0 +1,230 @@
+"""Command line: argument parsing only; every command calls the library.
+
+Every bad value ends in one line on stderr (``longtail: error: ...``) and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from longtail.errors import LongtailError
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but errors are one line and name the command's --help."""
+
+    def error(self, message: str):
+        raise LongtailError(f"{message} (see `{self.prog} --help`)")
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def _add_data_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--data",
+        help="an .npz, an image folder, a .tar.gz of one, or a torchvision CIFAR-10 root (default: $LONGTAIL_DATA)",
+    )
+    parser.add_argument("--imbalance", type=float, default=100.0, help="imbalance factor n_max/n_min (default 100)")
+    parser.add_argument("--profile", default="exp", help="long-tail profile: exp or step (default exp)")
+    parser.add_argument("--max-per-class", type=int, help="head-class count n_max (default: all 5,000)")
+    parser.add_argument(
+        "--val-per-class",
+        type=int,
+        default=50,
+        help="validation images held out per class (default 50; 0 keeps the standard counts)",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of the subset, sampling and initialisation")
+    parser.add_argument(
+        "--cache-dir",
+        type=Path,
+        help="where decoded arrays and index files live (default: $LONGTAIL_CACHE or ~/.cache/longtail)",
+    )
+
+
+def _add_train_options(parser: argparse.ArgumentParser) -> None:
+    from longtail.models import BN_MODES
+    from longtail.train import DECAY_READINGS, DEFAULT_DECAY_READING, STRATEGIES
+
+    parser.add_argument("--weights", default="imagenet", help="imagenet, none, or a state-dict file")
+    parser.add_argument("--image-size", type=int, default=32, help="input size; 32-px images are upsampled")
+    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--lr", type=float, default=1e-4)
+    parser.add_argument(
+        "--decay-reading",
+        default=DEFAULT_DECAY_READING,
+        help="reading of the study's 'weight decay 0.9999': "
+        + "; ".join(f"{k}: {v}" for k, v in DECAY_READINGS.items()),
+    )
+    parser.add_argument("--decay-value", type=float, default=0.9999)
+    parser.add_argument("--bn", default="auto", help=f"BatchNorm handling: {', '.join(BN_MODES)}")
+    parser.add_argument("--strategy", default="baseline", help=f"one of {', '.join(STRATEGIES)}")
+    parser.add_argument("--no-augment", dest="augment", action="store_false", help="no crop/flip augmentation")
+    parser.add_argument("--deterministic", action="store_true", help="bit-for-bit repeatable (slower)")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the model")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="longtail", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    data = commands.add_parser("data", help="print the long-tailed per-class counts")
+    _add_data_options(data)
+
+    train = commands.add_parser("train", help="stage 1: train EfficientNet-B0 end to end")
+    _add_data_options(train)
+    _add_train_options(train)
+    train.add_argument("--out", type=Path, required=True, help="run directory")
+    train.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    train.add_argument("--overwrite", action="store_true", help="replace what --out holds")
+
+    decouple = commands.add_parser("decouple", help="stage 2: a new classifier on a frozen stage-1 backbone")
+    decouple.add_argument("run", type=Path, help="a finished `longtail train` run (stage 1)")
+    decouple.add_argument("--out", type=Path, required=True, help="run directory of this stage-2 head")
+    decouple.add_argument("--method", default="retrain", help="retrain, tau-norm, lws or post-hoc-la")
+    decouple.add_argument(
+        "--loss",
+        default="ce",
+        help="loss of --method retrain: ce, balanced-softmax, focal, "
+        "class-balanced, cb-focal, modified-ce, logit-adjusted, ldam, inverse-frequency-ce, crt",
+    )
+    decouple.add_argument(
+        "--sampler", help="instance or class-balanced (default: class-balanced for crt and lws, instance otherwise)"
+    )
+    decouple.add_argument("--epochs", type=int, default=30)
+    decouple.add_argument("--batch-size", type=int, default=128)
+    decouple.add_argument("--lr", type=float, default=1e-3)
+    decouple.add_argument("--views", type=int, default=0, help="augmented copies of the cached train features")
+    decouple.add_argument("--tau", type=float, help="temperature (default: tuned on the validation split)")
+    decouple.add_argument("--gamma", type=float, default=1.0, help="focal gamma")
+    decouple.add_argument("--beta", type=float, default=0.9999, help="class-balanced beta")
+    decouple.add_argument("--seed", type=int, default=0)
+    decouple.add_argument("--overwrite", action="store_true")
+    decouple.add_argument("--cache-dir", type=Path)
+
+    evaluate = commands.add_parser("evaluate", help="write RUN/metrics.json and figures")
+    evaluate.add_argument("run", type=Path)
+    evaluate.add_argument("--cache-dir", type=Path)
+    return parser
+
+
+def _command_data(args) -> None:
+    from longtail.data import load_arrays, long_tail_split
+
+    arrays = load_arrays(args.data, args.cache_dir)
+    split = long_tail_split(
+        arrays, args.imbalance, args.profile, args.seed, args.val_per_class, args.max_per_class, args.cache_dir
+    )
+    width = max(len(n) for n in arrays.class_names)
+    print(f"source: {arrays.source} (sha256 {arrays.fingerprint[:16]}...)")
+    print(f"profile {args.profile}, imbalance {args.imbalance:g}, seed {args.seed}, index file {split.index_file}")
+    print(f"{'class':<{width + 4}} {'profile':>8} {'train':>8} {'val':>5}")
+    val_counts = [int((arrays.y_train[split.val] == c).sum()) for c in range(arrays.num_classes)]
+    for c, name in enumerate(arrays.class_names):
+        print(f"{c:>2}  {name:<{width}} {split.profile_counts[c]:>8} {split.train_counts[c]:>8} {val_counts[c]:>5}")
+    print(f"total{'':<{width - 1}} {sum(split.profile_counts):>8} {sum(split.train_counts):>8} {len(split.val):>5}")
+    print(f"test: {len(arrays.y_test)} images (the full balanced test split)")
+
+
+def _train_config(args):
+    from longtail.train import TrainConfig
+
+    return TrainConfig(
+        data=args.data,
+        weights=args.weights,
+        strategy=args.strategy,
+        imbalance=args.imbalance,
+        profile=args.profile,
+        max_per_class=args.max_per_class,
+        val_per_class=args.val_per_class,
+        image_size=args.image_size,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        decay_reading=args.decay_reading,
+        decay_value=args.decay_value,
+        bn=args.bn,
+        seed=args.seed,
+        deterministic=args.deterministic,
+        augment=args.augment,
+        device=args.device,
+        compile=args.compile,
+    )
+
+
+def _command_train(args) -> None:
+    from longtail.train import train
+
+    out = train(_train_config(args), args.out, resume=args.resume, overwrite=args.overwrite, cache_dir=args.cache_dir)
+    print(f"finished: {out} (metrics in {out / 'metrics.json'})")
+
+
+def _command_decouple(args) -> None:
+    from longtail.decouple import Stage2Config, decouple
+
+    config = Stage2Config(
+        method=args.method,
+        loss=args.loss,
+        sampler=args.sampler,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        views=args.views,
+        tau=args.tau,
+        gamma=args.gamma,
+        beta=args.beta,
+        seed=args.seed,
+    )
+    metrics = decouple(args.run, config, args.out, overwrite=args.overwrite, cache_dir=args.cache_dir)
+    _print_summary(metrics, args.out)
+
+
+def _print_summary(metrics: dict, run_dir: Path) -> None:
+    groups = metrics["groups"]
+    print(
+        f"accuracy {metrics['accuracy']:.4f}, balanced accuracy {metrics['balanced_accuracy']:.4f}, "
+        f"many/medium/few {groups['many']:.3f}/{groups['medium']:.3f}/{groups['few']:.3f} "
+        f"-> {run_dir / 'metrics.json'}"
+    )
+
+
+def _command_evaluate(args) -> None:
+    from longtail.runs import RUN_FILE, read_json
+
+    run_file = args.run / RUN_FILE
+    if not run_file.exists():
+        raise LongtailError(f"{args.run} is not a longtail run directory (no {RUN_FILE})")
+    if read_json(run_file).get("kind") == "decouple":
+        from longtail.decouple import evaluate_decoupled as evaluate
+    else:
+        from longtail.train import evaluate_run as evaluate
+    _print_summary(evaluate(args.run, cache_dir=args.cache_dir), args.run)
+
+
+COMMANDS = {
+    "data": _command_data,
+    "train": _command_train,
+    "decouple": _command_decouple,
+    "evaluate": _command_evaluate,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        COMMANDS[args.command](args)
+    except LongtailError as error:
+        print(f"longtail: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("longtail: interrupted; rerun with --resume to continue from the last checkpoint", file=sys.stderr)
+        return 130
+    return 0

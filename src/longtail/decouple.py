@@ -1,0 +1,360 @@
+"""Stage 2 of decoupled training (Kang et al., ICLR 2020, "Decoupling Representation and
+Classifier for Long-Tailed Recognition"): keep the stage-1 backbone frozen and fix the classifier.
+
+The backbone (BatchNorm statistics included) never changes in stage 2, so its features are
+computed once per stage-1 run (``features.pt`` in the run directory: the train set without
+augmentation plus ``views`` augmented copies, the validation and the test set) and every
+stage-2 head trains on them in seconds. ``train_head`` takes a feature-fetching function, so
+the same loop also trains through the backbone (the equivalence is tested).
+
+Methods (``--method``):
+- ``retrain`` (cRT-style): a re-initialised linear head trained with ``--loss`` and ``--sampler``;
+  ``--loss crt`` is cross-entropy with class-balanced sampling (Kang et al.'s cRT).
+- ``tau-norm``: the stage-1 classifier with weights ``w_c / |w_c| ** tau`` and no bias (Kang et al.).
+- ``lws``: learnable weight scaling, ``z_c = f_c (w_c x + b_c)``, only ``f`` trained, with
+  class-balanced sampling and CE (Kang et al.).
+- ``post-hoc-la``: post-hoc logit adjustment of the stage-1 classifier, ``z - tau log pi``
+  (Menon et al., ICLR 2021).
+Temperatures (``tau``) not given are tuned on the validation split, never on the test set.
+Every resulting head is stored as one plain ``nn.Linear`` (or ``CosineLinear`` for LDAM).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from longtail import data as data_module
+from longtail.errors import LongtailError
+from longtail.losses import LOSSES, MODIFIED_CE, build_loss, loss_spec
+from longtail.models import FEATURE_DIM, head_of, make_head, pooled_features
+from longtail.runs import (
+    RUN_FILE,
+    RunLock,
+    atomic_torch_save,
+    atomic_write_json,
+    prepare_run_dir,
+    read_json,
+    torch_load,
+)
+from longtail.samplers import SAMPLERS, epoch_generator, epoch_order
+from longtail.train import Dataset, Runtime, load_trained_model, save_evaluation
+
+METHODS = ("retrain", "tau-norm", "lws", "post-hoc-la")
+CRT = "crt"  # cross-entropy + class-balanced sampling
+STAGE2_LOSSES = (*LOSSES, "modified-ce", CRT)
+TAU_GRID_TRAINED = (0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 2.5)  # logit-adjusted loss: one head per value
+TAU_GRID_POST_HOC = tuple(round(0.1 * i, 1) for i in range(31))  # 0.0 .. 3.0, free to evaluate
+FEATURES_FILE = "features.pt"
+
+
+@dataclass
+class Stage2Config:
+    """One stage-2 head. Head-training defaults: Adam lr 1e-3, batch 128, 30 epochs (the
+    stage-1 batch size and epoch count; a fresh linear layer on fixed features needs the
+    larger learning rate, measured in ../shared/NOTES.md)."""
+
+    method: str = "retrain"
+    loss: str = "ce"
+    sampler: str | None = None  # None: class-balanced for crt and lws, instance otherwise
+    epochs: int = 30
+    batch_size: int = 128
+    lr: float = 1e-3
+    views: int = 0  # augmented copies of the train features (0: the plain images only)
+    tau: float | None = None  # None: tuned on validation where the method has a tau
+    gamma: float = 1.0
+    beta: float = 0.9999
+    seed: int = 0
+
+    def validate(self) -> None:
+        if self.method not in METHODS:
+            raise LongtailError(f"unknown method '{self.method}': choose one of {', '.join(METHODS)}")
+        if self.loss not in STAGE2_LOSSES:
+            raise LongtailError(f"unknown loss '{self.loss}': choose one of {', '.join(STAGE2_LOSSES)}")
+        if self.sampler is not None and self.sampler not in SAMPLERS:
+            raise LongtailError(f"unknown sampler '{self.sampler}': choose one of {', '.join(SAMPLERS)}")
+        for name in ("epochs", "batch_size"):
+            if getattr(self, name) < 1:
+                raise LongtailError(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(self, name)}")
+        if self.views < 0:
+            raise LongtailError(f"--views must be >= 0, got {self.views}")
+
+    @property
+    def resolved_sampler(self) -> str:
+        if self.sampler is not None:
+            return self.sampler
+        return "class-balanced" if self.loss == CRT or self.method == "lws" else "instance"
+
+
+# ---------------------------------------------------------------- features
+
+
+@dataclass
+class Features:
+    train: torch.Tensor  # (1 + views, N, 1280): view 0 un-augmented
+    val: torch.Tensor
+    test: torch.Tensor
+
+
+@torch.inference_mode()
+def extract_features(
+    model: nn.Module,
+    images: torch.Tensor,
+    image_size: int,
+    mean,
+    std,
+    runtime: Runtime,
+    generator: torch.Generator | None = None,
+    batch_size: int = 256,
+) -> torch.Tensor:
+    """Pooled backbone features of uint8 images (eval mode); augmented when ``generator`` is given."""
+    model.eval()
+    outputs = []
+    for start in range(0, len(images), batch_size):
+        batch = images[start : start + batch_size].to(runtime.device)
+        if generator is not None:
+            batch = data_module.random_crop_flip(batch, generator)
+        with runtime.autocast():
+            outputs.append(
+                pooled_features(model, data_module.to_model_input(batch, image_size, mean, std)).float().cpu()
+            )
+    return torch.cat(outputs) if outputs else torch.empty(0, FEATURE_DIM)
+
+
+def load_or_extract_features(
+    stage1_dir: Path, model, config, dataset: Dataset, views: int, runtime: Runtime
+) -> Features:
+    """The cached features of a stage-1 run, extracted on first use (and when more views are asked)."""
+    path = Path(stage1_dir) / FEATURES_FILE
+    model_sha = read_json(Path(stage1_dir) / RUN_FILE).get("model_sha256")
+    if path.exists():
+        cached = torch_load(path)
+        if cached.get("model_sha256") == model_sha and cached["train"].shape[0] >= 1 + views:
+            return Features(cached["train"][: 1 + views], cached["val"], cached["test"])
+    arrays, split = dataset.arrays, dataset.split
+    train_images = torch.from_numpy(arrays.x_train[split.train])
+    args = (config.image_size, dataset.mean, dataset.std, runtime)
+    train_views = [extract_features(model, train_images, *args)]
+    for view in range(1, views + 1):
+        generator = epoch_generator(config.seed, view, stream=7, device=runtime.device)
+        train_views.append(extract_features(model, train_images, *args, generator=generator))
+    features = Features(
+        torch.stack(train_views),
+        extract_features(model, torch.from_numpy(arrays.x_train[split.val]), *args),
+        extract_features(model, torch.from_numpy(arrays.x_test), *args),
+    )
+    atomic_torch_save(path, {**dataclasses.asdict(features), "model_sha256": model_sha})
+    return features
+
+
+# ---------------------------------------------------------------- head training
+
+
+def train_head(
+    head: nn.Module,
+    fetch: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    labels: torch.Tensor,
+    loss_fn: Callable,
+    *,
+    sampler: str,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    seed: int,
+    views: int = 0,
+    parameters: Sequence[nn.Parameter] | None = None,
+) -> nn.Module:
+    """Train ``head`` on features ``fetch(positions, view_per_sample)`` with Adam.
+
+    Each sample's view is drawn uniformly from 0..views per epoch (always 0 with no views).
+    ``parameters`` restricts what is trained (LWS trains only its scales).
+    """
+    optimizer = torch.optim.Adam(list(parameters if parameters is not None else head.parameters()), lr=lr)
+    head.train()
+    for epoch in range(epochs):
+        order = epoch_order(sampler, labels.tolist(), seed, epoch)
+        view_generator = epoch_generator(seed, epoch, stream=3)
+        for positions in data_module.batches(order, batch_size):
+            chosen = torch.randint(0, views + 1, (len(positions),), generator=view_generator)
+            loss = loss_fn(head(fetch(positions, chosen)), labels[positions])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+    return head.eval()
+
+
+class ScaledLinear(nn.Module):
+    """A frozen linear classifier with a learnable per-class scale: ``z_c = f_c (w_c x + b_c)`` (LWS)."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor):
+        super().__init__()
+        self.register_buffer("weight", weight.clone())
+        self.register_buffer("bias", bias.clone())
+        self.scales = nn.Parameter(torch.ones(len(bias)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x @ self.weight.t() + self.bias) * self.scales
+
+
+def _fresh_head(num_classes: int, cosine: bool, seed: int) -> nn.Module:
+    torch.manual_seed(seed)
+    return make_head(num_classes, cosine)
+
+
+def _linear_copy(weight: torch.Tensor, bias: torch.Tensor) -> nn.Linear:
+    layer = nn.Linear(weight.shape[1], weight.shape[0])
+    with torch.no_grad():
+        layer.weight.copy_(weight)
+        layer.bias.copy_(bias)
+    return layer.eval()
+
+
+def _val_accuracy(head: nn.Module, features: Features, val_labels: np.ndarray) -> float:
+    with torch.no_grad():
+        return float((head(features.val).argmax(1).numpy() == val_labels).mean())
+
+
+def _tune(candidates: dict[float, nn.Module], features: Features, val_labels: np.ndarray) -> tuple[float, dict]:
+    if len(val_labels) == 0:
+        raise LongtailError(
+            "tuning tau needs a validation split: train stage 1 with --val-per-class > 0, or pass --tau"
+        )
+    scores = {tau: _val_accuracy(head, features, val_labels) for tau, head in candidates.items()}
+    best = max(scores, key=lambda tau: (scores[tau], -abs(tau - 1.0)))  # ties: the value closest to 1
+    return best, scores
+
+
+def fit_stage2(
+    config: Stage2Config, stage1_head: nn.Module, features: Features, dataset: Dataset
+) -> tuple[nn.Module, dict]:
+    """The stage-2 head for ``config`` and a record of what was chosen (tau, validation scores)."""
+    counts = dataset.split.train_counts
+    labels = torch.from_numpy(dataset.train_labels)
+    val_labels = dataset.arrays.y_train[dataset.split.val]
+    num_classes = len(counts)
+    log_prior = torch.log(torch.tensor(counts, dtype=torch.float32) / sum(counts))
+    common = dict(
+        sampler=config.resolved_sampler,
+        epochs=config.epochs,
+        batch_size=config.batch_size,
+        lr=config.lr,
+        seed=config.seed,
+        views=config.views,
+    )
+
+    def fetch(positions, views):
+        return features.train[views, positions]
+
+    if config.method == "retrain":
+        loss_name = {CRT: "ce", "modified-ce": MODIFIED_CE}.get(config.loss, config.loss)
+        cosine = loss_spec(loss_name).cosine_head
+        hyper = dict(gamma=config.gamma, beta=config.beta)
+        if loss_name == "logit-adjusted" and config.tau is None:
+            candidates = {
+                tau: train_head(
+                    _fresh_head(num_classes, cosine, config.seed),
+                    fetch,
+                    labels,
+                    build_loss(loss_name, counts, tau=tau, **hyper),
+                    **common,
+                )
+                for tau in TAU_GRID_TRAINED
+            }
+            tau, scores = _tune(candidates, features, val_labels)
+            return candidates[tau], {"loss": loss_name, "tau": tau, "val_accuracy_by_tau": scores}
+        hyper["tau"] = 1.0 if config.tau is None else config.tau
+        head = train_head(
+            _fresh_head(num_classes, cosine, config.seed),
+            fetch,
+            labels,
+            build_loss(loss_name, counts, **hyper),
+            **common,
+        )
+        return head, {"loss": loss_name, "tau": hyper["tau"] if loss_name == "logit-adjusted" else None}
+
+    weight, bias = stage1_head.weight.detach(), stage1_head.bias.detach()
+    if config.method == "lws":
+        scaled = ScaledLinear(weight, bias)
+        train_head(scaled, fetch, labels, build_loss("ce", counts), parameters=[scaled.scales], **common)
+        scales = scaled.scales.detach()
+        return _linear_copy(weight * scales[:, None], bias * scales), {"scales": scales.tolist()}
+    if config.method == "tau-norm":
+
+        def make(tau):
+            return _linear_copy(weight / weight.norm(dim=1, keepdim=True).pow(tau), torch.zeros_like(bias))
+    else:  # post-hoc-la
+
+        def make(tau):
+            return _linear_copy(weight, bias - tau * log_prior)
+
+    if config.tau is not None:
+        return make(config.tau), {"tau": config.tau}
+    candidates = {tau: make(tau) for tau in TAU_GRID_POST_HOC}
+    tau, scores = _tune(candidates, features, val_labels)
+    return candidates[tau], {"tau": tau, "val_accuracy_by_tau": scores}
+
+
+# ---------------------------------------------------------------- run directories
+
+
+def decouple(
+    stage1_dir: Path, config: Stage2Config, out: Path, *, overwrite: bool = False, cache_dir: Path | None = None
+) -> dict:
+    """Fit a stage-2 head on a finished stage-1 run; ``out`` gets run.json, head.pt, metrics.json, figures."""
+    config.validate()
+    stage1_dir, out = Path(stage1_dir).resolve(), Path(out)
+    runtime = Runtime.create()
+    with RunLock(out):
+        prepare_run_dir(out, resume=False, overwrite=overwrite)
+        model, stage1_config, dataset, _ = load_trained_model(stage1_dir, runtime, cache_dir)
+        if stage1_config.strategy == "ldam-drw" and config.method != "retrain":
+            raise LongtailError(
+                f"{config.method} needs a linear stage-1 classifier; {stage1_dir} has LDAM's cosine "
+                "head: use --method retrain"
+            )
+        started = time.perf_counter()
+        features = load_or_extract_features(stage1_dir, model, stage1_config, dataset, config.views, runtime)
+        feature_seconds = time.perf_counter() - started
+        started = time.perf_counter()
+        head, chosen = fit_stage2(config, head_of(model).cpu(), features, dataset)
+        head_seconds = time.perf_counter() - started
+        cosine = not isinstance(head, nn.Linear)
+        atomic_torch_save(out / "head.pt", {"state_dict": head.state_dict(), "cosine": cosine})
+        atomic_write_json(
+            out / RUN_FILE,
+            {
+                "kind": "decouple",
+                "status": "finished",
+                "stage1": str(stage1_dir),
+                "config": dataclasses.asdict(config),
+                "sampler": config.resolved_sampler,
+                "chosen": chosen,
+                "feature_seconds": feature_seconds,
+                "head_seconds": head_seconds,
+            },
+        )
+        return evaluate_decoupled(out, cache_dir=cache_dir, features=features, dataset=dataset)
+
+
+def evaluate_decoupled(
+    run_dir: Path, cache_dir: Path | None = None, features: Features | None = None, dataset: Dataset | None = None
+) -> dict:
+    """Test metrics of a stage-2 run (from the cached test features of its stage-1 run)."""
+    run = read_json(Path(run_dir) / RUN_FILE)
+    if features is None or dataset is None:
+        runtime = Runtime.create()
+        model, stage1_config, dataset, _ = load_trained_model(Path(run["stage1"]), runtime, cache_dir)
+        features = load_or_extract_features(Path(run["stage1"]), model, stage1_config, dataset, 0, runtime)
+    stored = torch_load(Path(run_dir) / "head.pt")
+    head = make_head(dataset.arrays.num_classes, stored["cosine"])
+    head.load_state_dict(stored["state_dict"])
+    with torch.no_grad():
+        logits = head.eval()(features.test)
+    return save_evaluation(run_dir, dataset.arrays.y_test, logits, dataset)

@@ -1,0 +1,166 @@
+"""Classification metrics for long-tailed evaluation, computed with scikit-learn.
+
+``classification_metrics`` returns the dictionary written as ``metrics.json``:
+
+- ``accuracy``, ``balanced_accuracy`` (mean per-class recall): fractions in [0, 1].
+- ``per_class``: ``precision``, ``recall``, ``f1``, ``support`` lists in class order.
+- ``macro`` and ``weighted``: ``precision``, ``recall``, ``f1`` averaged over classes
+  (unweighted, or weighted by test support).
+- ``confusion_matrix``: counts, rows = true class, columns = predicted class;
+  ``confusion_matrix_normalized``: each row divided by its total (row = recall profile).
+- ``groups``: ``many``/``medium``/``few`` accuracy (mean recall of the classes in the group),
+  and ``group_classes``: which classes form each group (stated in the file).
+- ``class_names`` and ``train_counts``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from sklearn.metrics import (
+    accuracy_score,
+    balanced_accuracy_score,
+    confusion_matrix,
+    precision_recall_fscore_support,
+)
+
+from longtail.errors import LongtailError
+
+HEADLINE = (
+    "accuracy",
+    "balanced_accuracy",
+    "macro_f1",
+    "weighted_precision",
+    "weighted_recall",
+    "weighted_f1",
+    "many",
+    "medium",
+    "few",
+)
+
+
+def row_normalize(counts: np.ndarray) -> np.ndarray:
+    """Divide each row of a confusion matrix by its total (rows with no samples stay 0)."""
+    counts = np.asarray(counts)
+    totals = counts.sum(axis=1, keepdims=True)
+    return np.divide(counts, totals, out=np.zeros(counts.shape, dtype=float), where=totals > 0)
+
+
+def frequency_groups(train_counts: Sequence[int]) -> dict[str, list[int]]:
+    """Split classes into many / medium / few shot by training count.
+
+    The classes are ranked by count (largest first); the top 30 % are ``many``, the bottom
+    30 % ``few`` and the rest ``medium``. For CIFAR-10-LT this is classes 0-2, 3-6 and 7-9,
+    the split used by the CIFAR-LT literature for 10 classes.
+    """
+    order = [int(c) for c in np.argsort(-np.asarray(train_counts), kind="stable")]
+    n_edge = max(1, round(0.3 * len(order)))
+    return {
+        "many": sorted(order[:n_edge]),
+        "medium": sorted(order[n_edge : len(order) - n_edge]),
+        "few": sorted(order[len(order) - n_edge :]),
+    }
+
+
+def classification_metrics(
+    y_true: Sequence[int] | np.ndarray,
+    y_pred: Sequence[int] | np.ndarray,
+    class_names: Sequence[str],
+    train_counts: Sequence[int],
+) -> dict:
+    """All metrics of a prediction, as plain JSON-serialisable Python types."""
+    y_true = np.asarray(y_true)
+    y_pred = np.asarray(y_pred)
+    if y_true.shape != y_pred.shape or y_true.ndim != 1 or len(y_true) == 0:
+        raise LongtailError(f"y_true and y_pred must be equal-length 1-D arrays, got {y_true.shape} and {y_pred.shape}")
+    if len(class_names) != len(train_counts):
+        raise LongtailError(f"{len(class_names)} class names but {len(train_counts)} train counts")
+    labels = list(range(len(class_names)))
+    precision, recall, f1, support = precision_recall_fscore_support(
+        y_true, y_pred, labels=labels, average=None, zero_division=0
+    )
+    averaged = {
+        average: dict(
+            zip(
+                ("precision", "recall", "f1"),
+                map(
+                    float,
+                    precision_recall_fscore_support(y_true, y_pred, labels=labels, average=average, zero_division=0)[
+                        :3
+                    ],
+                ),
+                strict=True,
+            )
+        )
+        for average in ("macro", "weighted")
+    }
+    counts = confusion_matrix(y_true, y_pred, labels=labels)
+    groups = frequency_groups(train_counts)
+    return {
+        "accuracy": float(accuracy_score(y_true, y_pred)),
+        "balanced_accuracy": float(balanced_accuracy_score(y_true, y_pred)),
+        "per_class": {
+            "precision": precision.tolist(),
+            "recall": recall.tolist(),
+            "f1": f1.tolist(),
+            "support": support.tolist(),
+        },
+        "macro": averaged["macro"],
+        "weighted": averaged["weighted"],
+        "confusion_matrix": counts.tolist(),
+        "confusion_matrix_normalized": row_normalize(counts).tolist(),
+        "groups": {name: float(np.mean(recall[members])) for name, members in groups.items()},
+        "group_classes": groups,
+        "class_names": list(class_names),
+        "train_counts": [int(c) for c in train_counts],
+    }
+
+
+def headline(metrics: dict) -> dict[str, float]:
+    """The scalar numbers a comparison table shows, flattened to one level."""
+    return {
+        "accuracy": metrics["accuracy"],
+        "balanced_accuracy": metrics["balanced_accuracy"],
+        "macro_f1": metrics["macro"]["f1"],
+        "weighted_precision": metrics["weighted"]["precision"],
+        "weighted_recall": metrics["weighted"]["recall"],
+        "weighted_f1": metrics["weighted"]["f1"],
+        **metrics["groups"],
+    }
+
+
+def aggregate_seeds(per_seed: Sequence[dict], seeds: Sequence[int]) -> dict:
+    """Combine the metrics of several seeds of one strategy.
+
+    The result has every key of a single ``metrics.json``, where lists and scalars are the mean
+    over seeds and ``confusion_matrix`` is the sum of counts (its normalised form recomputed);
+    plus ``seeds``, ``per_seed`` (the individual metrics) and ``mean``/``std`` of the
+    ``HEADLINE`` numbers (population std, 0 for one seed).
+    """
+    if not per_seed or len(per_seed) != len(seeds):
+        raise LongtailError(f"need one metrics dict per seed, got {len(per_seed)} for seeds {list(seeds)}")
+    first = per_seed[0]
+
+    def mean_of(values):
+        return np.mean(np.asarray(values, dtype=float), axis=0).tolist()
+
+    counts = np.sum([m["confusion_matrix"] for m in per_seed], axis=0)
+    headlines = [headline(m) for m in per_seed]
+    return {
+        "accuracy": mean_of([m["accuracy"] for m in per_seed]),
+        "balanced_accuracy": mean_of([m["balanced_accuracy"] for m in per_seed]),
+        "per_class": {k: mean_of([m["per_class"][k] for m in per_seed]) for k in first["per_class"]},
+        "macro": {k: mean_of([m["macro"][k] for m in per_seed]) for k in first["macro"]},
+        "weighted": {k: mean_of([m["weighted"][k] for m in per_seed]) for k in first["weighted"]},
+        "confusion_matrix": counts.tolist(),
+        "confusion_matrix_normalized": row_normalize(counts).tolist(),
+        "groups": {k: mean_of([m["groups"][k] for m in per_seed]) for k in first["groups"]},
+        "group_classes": first["group_classes"],
+        "class_names": first["class_names"],
+        "train_counts": first["train_counts"],
+        "seeds": [int(s) for s in seeds],
+        "per_seed": list(per_seed),
+        "mean": {k: float(np.mean([h[k] for h in headlines])) for k in HEADLINE},
+        "std": {k: float(np.std([h[k] for h in headlines])) for k in HEADLINE},
+    }

@@ -1,0 +1,397 @@
+"""Figures, a Markdown summary and a self-contained HTML report of evaluation results.
+
+Inputs are the dictionaries of ``longtail.metrics``: a single run's ``metrics.json``
+(``classification_metrics``) or ``results.json`` = ``{"config": {...}, "strategies": {NAME: entry}}``
+where each entry comes from ``aggregate_seeds``. Metric values are fractions in [0, 1]; tables show
+them as percentages with 2 decimals. Figures are drawn on ``matplotlib.figure.Figure`` objects
+(Agg renderer, no pyplot state), so this module is safe to use without a display.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+from matplotlib.figure import Figure
+
+# Numbers the study reported (fractions); strategies or metrics not listed were not reported.
+STUDY_REPORTED: dict[str, dict[str, float]] = {
+    "baseline": {"accuracy": 0.8415},
+    "reweight": {"accuracy": 0.8582, "weighted_f1": 0.8584},
+    "decoupled-modified-ce": {"accuracy": 0.9378},
+}
+
+COMPARISON_HEADER = (
+    "Strategy",
+    "Study top-1",
+    "Top-1 (mean ± std)",
+    "Δ vs baseline (points)",
+    "Weighted P",
+    "Weighted R",
+    "Weighted F1",
+    "Macro F1",
+    "Many",
+    "Medium",
+    "Few",
+)
+STUDY_HEADER = ("Strategy", "Metric", "Study", "Ours (mean ± std)", "Ours − study (points)")
+PER_CLASS_HEADER = ("Class", "Train count", "Precision", "Recall", "F1")
+
+_MEAN_STD_KEYS = ("weighted_precision", "weighted_recall", "weighted_f1", "macro_f1", "many", "medium", "few")
+_METRIC_LABELS = {"accuracy": "Top-1", "weighted_f1": "Weighted F1"}
+_NOT_REPORTED = "—"
+_DPI = 100
+
+
+# ---------------------------------------------------------------------------------------------
+# Figures
+
+
+def _save(fig: Figure, path) -> Path:
+    """Write ``fig`` as PNG to ``path`` (creating its folder) and return the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=_DPI, format="png")
+    return path
+
+
+def plot_confusion_matrix(metrics: dict, path, title: str) -> Path:
+    """Heatmap of the row-normalised confusion matrix, each cell labelled with its value."""
+    matrix = np.asarray(metrics["confusion_matrix_normalized"], dtype=float)
+    names = metrics["class_names"]
+    fig = Figure(figsize=(6, 5.5), layout="constrained")
+    ax = fig.add_subplot()
+    image = ax.imshow(matrix, cmap="Blues", vmin=0.0, vmax=1.0)
+    fig.colorbar(image, ax=ax)
+    for (row, col), value in np.ndenumerate(matrix):
+        ax.text(
+            col, row, f"{value:.2f}", ha="center", va="center", fontsize=7, color="white" if value > 0.5 else "black"
+        )
+    ticks = np.arange(len(names))
+    ax.set_xticks(ticks, names, rotation=45, ha="right", rotation_mode="anchor")
+    ax.set_yticks(ticks, names)
+    ax.set_xlabel("Predicted label")
+    ax.set_ylabel("True label")
+    ax.set_title(title)
+    return _save(fig, path)
+
+
+def plot_precision_recall(metrics: dict, path, title: str) -> Path:
+    """Grouped bar chart of per-class precision and recall (in %)."""
+    names = metrics["class_names"]
+    x = np.arange(len(names))
+    fig = Figure(figsize=(8, 4.5), layout="constrained")
+    ax = fig.add_subplot()
+    for offset, key in ((-0.2, "precision"), (0.2, "recall")):
+        ax.bar(x + offset, 100 * np.asarray(metrics["per_class"][key]), width=0.4, label=key.capitalize())
+    ax.set_xticks(x, names, rotation=30, ha="right", rotation_mode="anchor")
+    ax.set_ylim(0, 115)
+    ax.set_yticks(range(0, 101, 20))
+    ax.set_ylabel("%")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(loc="upper right", ncols=2)
+    ax.set_title(title)
+    return _save(fig, path)
+
+
+def _imbalance_factor(counts: Sequence[int]) -> str:
+    """Largest over smallest class count, as text (``inf`` when a class is empty)."""
+    smallest = min(counts)
+    return f"{max(counts) / smallest:.0f}" if smallest > 0 else "inf"
+
+
+def plot_class_histogram(train_counts: Sequence[int], class_names: Sequence[str], path) -> Path:
+    """Bar chart (log scale) of training images per class, each bar labelled with its count."""
+    fig = Figure(figsize=(8, 4.5), layout="constrained")
+    ax = fig.add_subplot()
+    bars = ax.bar(list(class_names), list(train_counts), color="tab:blue")
+    ax.bar_label(bars, fontsize=8)
+    ax.set_yscale("log")
+    ax.set_ylabel("training images (log scale)")
+    ax.tick_params(axis="x", labelrotation=30)
+    ax.set_title(
+        f"Training images per class: {sum(train_counts)} total, imbalance factor {_imbalance_factor(train_counts)}"
+    )
+    return _save(fig, path)
+
+
+def plot_recall_comparison(strategies: Mapping[str, dict], path) -> Path:
+    """Per-class recall (in %) of each strategy, one line per strategy."""
+    fig = Figure(figsize=(10, 5), layout="constrained")
+    ax = fig.add_subplot()
+    markers = "osD^v<>ph*"
+    for index, (name, entry) in enumerate(strategies.items()):
+        ax.plot(
+            entry["class_names"],
+            100 * np.asarray(entry["per_class"]["recall"]),
+            marker=markers[index % len(markers)],
+            linestyle="-" if index < 10 else "--",
+            label=name,
+        )
+    ax.set_ylim(0, 105)
+    ax.set_ylabel("recall (%)")
+    ax.tick_params(axis="x", labelrotation=30)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    ax.set_title("Per-class recall by strategy")
+    return _save(fig, path)
+
+
+def write_run_figures(metrics: dict, out_dir) -> list[Path]:
+    """The figures of one evaluated run, under ``out_dir/figures``."""
+    figures = Path(out_dir) / "figures"
+    top1 = f"top-1 {_pct(metrics['accuracy'])}%"
+    return [
+        plot_confusion_matrix(metrics, figures / "confusion_matrix.png", f"Confusion matrix ({top1})"),
+        plot_precision_recall(metrics, figures / "precision_recall.png", f"Per-class precision and recall ({top1})"),
+        plot_class_histogram(metrics["train_counts"], metrics["class_names"], figures / "class_histogram.png"),
+    ]
+
+
+def _slug(name: str) -> str:
+    """``name`` made safe for a file name."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "strategy"
+
+
+def write_study_figures(results: dict, out_dir) -> dict[str, Path]:
+    """All figures of a study under ``out_dir/figures``, keyed ``confusion_<name>``, ``recall_comparison``
+    and ``class_histogram``."""
+    figures = Path(out_dir) / "figures"
+    strategies = results["strategies"]
+    paths = {
+        f"confusion_{name}": plot_confusion_matrix(
+            entry, figures / f"confusion_{_slug(name)}.png", f"{name} (top-1 {_pct(entry['accuracy'])}%)"
+        )
+        for name, entry in strategies.items()
+    }
+    paths["recall_comparison"] = plot_recall_comparison(strategies, figures / "recall_comparison.png")
+    first = next(iter(strategies.values()))
+    paths["class_histogram"] = plot_class_histogram(
+        first["train_counts"], first["class_names"], figures / "class_histogram.png"
+    )
+    return paths
+
+
+# ---------------------------------------------------------------------------------------------
+# Tables (rows of strings shared by the Markdown and HTML writers)
+
+
+def _pct(value: float) -> str:
+    """A fraction as a percentage with 2 decimals."""
+    return f"{100 * value:.2f}"
+
+
+def _mean_std(entry: dict, key: str) -> str:
+    """``mean ± std`` over seeds of a headline number, in %."""
+    return f"{_pct(entry['mean'][key])} ± {_pct(entry['std'][key])}"
+
+
+def _comparison_row(name: str, entry: dict, baseline_accuracy: float | None) -> list[str]:
+    """One strategy's row of the comparison table."""
+    study = STUDY_REPORTED.get(name, {}).get("accuracy")
+    delta = "" if baseline_accuracy is None else f"{100 * (entry['mean']['accuracy'] - baseline_accuracy):+.2f}"
+    return [
+        name,
+        _NOT_REPORTED if study is None else _pct(study),
+        f"{_mean_std(entry, 'accuracy')} (n={len(entry['seeds'])})",
+        delta,
+        *(_mean_std(entry, key) for key in _MEAN_STD_KEYS),
+    ]
+
+
+def comparison_rows(strategies: Mapping[str, dict]) -> list[list[str]]:
+    """Rows of the comparison table (``COMPARISON_HEADER``); Δ is versus our ``baseline`` mean top-1."""
+    baseline = strategies.get("baseline")
+    baseline_accuracy = baseline["mean"]["accuracy"] if baseline else None
+    return [_comparison_row(name, entry, baseline_accuracy) for name, entry in strategies.items()]
+
+
+def study_rows(strategies: Mapping[str, dict]) -> list[list[str]]:
+    """Rows (``STUDY_HEADER``) setting every number the study reported beside ours (blank if not run)."""
+    rows = []
+    for name, reported in STUDY_REPORTED.items():
+        for key, value in reported.items():
+            entry = strategies.get(name)
+            ours = _mean_std(entry, key) if entry else ""
+            gap = f"{100 * (entry['mean'][key] - value):+.2f}" if entry else ""
+            rows.append([name, _METRIC_LABELS[key], _pct(value), ours, gap])
+    return rows
+
+
+def per_class_rows(entry: dict) -> list[list[str]]:
+    """Rows (``PER_CLASS_HEADER``) of one strategy's per-class metrics, mean over seeds."""
+    per_class = entry["per_class"]
+    return [
+        [name, str(count), _pct(precision), _pct(recall), _pct(f1)]
+        for name, count, precision, recall, f1 in zip(
+            entry["class_names"],
+            entry["train_counts"],
+            per_class["precision"],
+            per_class["recall"],
+            per_class["f1"],
+            strict=True,
+        )
+    ]
+
+
+def _format_value(value) -> str:
+    """A config or environment value as compact text."""
+    return value if isinstance(value, str) else json.dumps(value, default=str)
+
+
+def _seed_note(strategies: Mapping[str, dict]) -> str:
+    """A sentence saying what the table numbers are."""
+    counts = sorted({len(entry["seeds"]) for entry in strategies.values()})
+    return (
+        f"Values in %; mean ± population std over seeds (n = {', '.join(map(str, counts))}). "
+        "Δ is in percentage points versus our baseline's mean top-1. Many/Medium/Few: mean recall of the "
+        "classes in each frequency group."
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Markdown
+
+
+def _md_cell(text: str) -> str:
+    """A table cell with pipes escaped."""
+    return text.replace("|", "\\|")
+
+
+def _md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    """A Markdown table: first column left-aligned, the rest right-aligned."""
+    rule = ["---"] + ["---:"] * (len(header) - 1)
+    return ["| " + " | ".join(_md_cell(cell) for cell in row) + " |" for row in (header, rule, *rows)]
+
+
+def write_results_markdown(results: dict, path) -> None:
+    """``results.md``: configuration, comparison table, study-reported numbers and per-class tables."""
+    strategies = results["strategies"]
+    lines = ["# CIFAR-10-LT long-tail study: results", "", "## Configuration", ""]
+    lines += [f"- {key}: {_format_value(value)}" for key, value in results["config"].items()]
+    lines += ["", "## Comparison", "", _seed_note(strategies), ""]
+    lines += _md_table(COMPARISON_HEADER, comparison_rows(strategies))
+    lines += ["", "## Study-reported numbers", ""]
+    lines += _md_table(STUDY_HEADER, study_rows(strategies))
+    lines += ["", "## Per-class results (mean over seeds, %)"]
+    for name, entry in strategies.items():
+        lines += ["", f"### {name}", ""] + _md_table(PER_CLASS_HEADER, per_class_rows(entry))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+# ---------------------------------------------------------------------------------------------
+# HTML
+
+_CSS = """
+body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2rem auto; max-width: 1400px;
+       padding: 0 1rem; color: #222; line-height: 1.4; }
+h1 { border-bottom: 2px solid #2a6fb0; padding-bottom: .3rem; }
+h2 { margin-top: 2.2rem; color: #2a6fb0; }
+.scroll { overflow-x: auto; }
+table { border-collapse: collapse; margin: .8rem 0; font-size: .82rem; }
+th, td { border: 1px solid #ccc; padding: .3rem .4rem; }
+th { background: #eef3f9; font-size: .8rem; }
+td { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
+td:first-child { text-align: left; font-weight: 600; }
+tr:nth-child(even) td { background: #fafafa; }
+table.kv td { text-align: left; font-weight: normal; }
+table.kv td:first-child { font-weight: 600; }
+.note { color: #555; font-size: .9rem; }
+figure { margin: 1rem 0; }
+figure img { max-width: 100%; height: auto; border: 1px solid #ddd; }
+figcaption { color: #555; font-size: .85rem; }
+.strategy { display: flex; flex-wrap: wrap; gap: 1.5rem; align-items: flex-start; }
+"""
+
+_IMAGES_LOADED_JS = """
+window.addEventListener("load", function () {
+  var decoded = Array.prototype.filter.call(document.images, function (img) { return img.naturalWidth > 0; });
+  document.body.dataset.imagesLoaded = String(decoded.length);
+});
+"""
+
+
+def _html_table(header: Sequence[str], rows: Sequence[Sequence[str]], css_class: str = "") -> str:
+    """An HTML table with escaped cells."""
+    head = "".join(f"<th>{html.escape(cell)}</th>" for cell in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(cell)}</td>" for cell in row) + "</tr>\n" for row in rows)
+    class_attr = f' class="{css_class}"' if css_class else ""
+    return f"<table{class_attr}><thead><tr>{head}</tr></thead>\n<tbody>\n{body}</tbody></table>"
+
+
+def _html_key_values(mapping: Mapping) -> str:
+    """A two-column table of every key and its value."""
+    rows = [[str(key), _format_value(value)] for key, value in mapping.items()]
+    return _html_table(("Key", "Value"), rows, css_class="kv")
+
+
+def _html_figure(path: Path, caption: str) -> str:
+    """A PNG embedded as a base64 ``data:`` URI, with a caption."""
+    data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
+    text = html.escape(caption)
+    return f'<figure><img src="data:image/png;base64,{data}" alt="{text}"><figcaption>{text}</figcaption></figure>'
+
+
+def _html_strategy_sections(strategies: Mapping[str, dict], figures: Mapping[str, Path]) -> list[str]:
+    """Per strategy: its per-class table beside its confusion matrix."""
+    parts = []
+    for name, entry in strategies.items():
+        parts += [
+            f"<h3>{html.escape(name)}</h3>",
+            '<div class="strategy">',
+            _html_table(PER_CLASS_HEADER, per_class_rows(entry)),
+            _html_figure(figures[f"confusion_{name}"], f"Row-normalised confusion matrix: {name}"),
+            "</div>",
+        ]
+    return parts
+
+
+def write_report_html(results: dict, out_dir, *, environment: dict, figures: Mapping[str, Path] | None = None) -> Path:
+    """``out_dir/report.html``: one self-contained page (inline CSS, images as ``data:`` URIs).
+
+    ``figures`` are the paths ``write_study_figures`` returned; when not given they are drawn here.
+    """
+    strategies = results["strategies"]
+    if figures is None:
+        figures = write_study_figures(results, out_dir)
+    title = "CIFAR-10-LT long-tail study: results"
+    body = [
+        f"<h1>{html.escape(title)}</h1>",
+        "<h2>Run configuration</h2>",
+        _html_key_values(results["config"]),
+        "<h2>Environment</h2>",
+        _html_key_values(environment),
+        "<h2>Comparison</h2>",
+        f'<p class="note">{html.escape(_seed_note(strategies))}</p>',
+        f'<div class="scroll">{_html_table(COMPARISON_HEADER, comparison_rows(strategies))}</div>',
+        "<h2>Study-reported numbers</h2>",
+        _html_table(STUDY_HEADER, study_rows(strategies)),
+        "<h2>Figures</h2>",
+        _html_figure(figures["class_histogram"], "Training images per class"),
+        _html_figure(figures["recall_comparison"], "Per-class recall by strategy"),
+        "<h2>Per-class results (mean over seeds, %)</h2>",
+        *_html_strategy_sections(strategies, figures),
+    ]
+    page = (
+        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+        f"<title>{html.escape(title)}</title>\n<style>{_CSS}</style>\n<script>{_IMAGES_LOADED_JS}</script>\n"
+        "</head>\n<body>\n" + "\n".join(body) + "\n</body>\n</html>\n"
+    )
+    path = Path(out_dir) / "report.html"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(page, encoding="utf-8")
+    return path
+
+
+def render_study(results: dict, out_dir, *, environment: dict) -> None:
+    """Write the study's figures, ``results.md`` and ``report.html`` under ``out_dir``."""
+    figures = write_study_figures(results, out_dir)
+    write_results_markdown(results, Path(out_dir) / "results.md")
+    write_report_html(results, out_dir, environment=environment, figures=figures)

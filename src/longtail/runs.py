@@ -1,0 +1,133 @@
+"""Run directories: atomic writes, one writer at a time, and never losing a finished run.
+
+A run directory holds ``run.json`` (configuration, status, provenance), ``checkpoint.pt``
+(everything needed to resume), ``model.pt`` (final weights), ``metrics.json``, ``figures/``
+and ``tensorboard/``. Every file is written to a temporary name, flushed, fsynced and
+renamed, so a crash leaves either the old file or the new one, never half of one.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import io
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+
+from longtail.errors import LongtailError
+
+RUN_FILE = "run.json"
+CHECKPOINT_FILE = "checkpoint.pt"
+
+
+def atomic_write_bytes(path: Path, payload: bytes) -> None:
+    """Write ``payload`` to ``path`` atomically (temporary file, flush, fsync, rename, fsync dir)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as handle:
+            handle.write(payload)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
+
+
+def atomic_write_json(path: Path, data) -> None:
+    atomic_write_bytes(path, (json.dumps(data, indent=2) + "\n").encode())
+
+
+def atomic_torch_save(path: Path, obj) -> None:
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def torch_load(path: Path) -> dict:
+    """Load a longtail checkpoint or weights file (tensors and plain types only)."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError as error:
+        raise LongtailError(f"{path} does not exist") from error
+    except Exception as error:  # truncated or foreign files raise many types
+        raise LongtailError(
+            f"{path}: cannot be read ({type(error).__name__}); it may be truncated: delete it and rerun that step"
+        ) from error
+
+
+def read_json(path: Path) -> dict:
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError as error:
+        raise LongtailError(f"{path} does not exist") from error
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise LongtailError(f"{path}: not valid JSON ({error}); delete it and rerun that step") from error
+
+
+class RunLock:
+    """An exclusive lock on a run directory, so two processes never write it at once."""
+
+    def __init__(self, run_dir: Path):
+        self.path = Path(run_dir) / ".lock"
+        self.handle = None
+
+    def __enter__(self) -> RunLock:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.handle = open(self.path, "w")
+        try:
+            fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as error:
+            self.handle.close()
+            raise LongtailError(
+                f"{self.path.parent} is being written by another longtail process; wait for it "
+                "to finish or use another --out"
+            ) from error
+        return self
+
+    def __exit__(self, *exc) -> None:
+        fcntl.flock(self.handle, fcntl.LOCK_UN)
+        self.handle.close()
+
+
+def run_status(run_dir: Path) -> str:
+    """``"empty"``, ``"unfinished"`` (has a checkpoint or run.json but no final model) or ``"finished"``."""
+    run_dir = Path(run_dir)
+    record = run_dir / RUN_FILE
+    if record.exists() and read_json(record).get("status") == "finished":
+        return "finished"
+    if record.exists() or (run_dir / CHECKPOINT_FILE).exists():
+        return "unfinished"
+    return "empty"
+
+
+def prepare_run_dir(run_dir: Path, *, resume: bool, overwrite: bool) -> bool:
+    """Check what ``run_dir`` holds against the flags; returns True when the run should resume.
+
+    A finished run is replaced only with ``overwrite``; an unfinished one needs ``resume``
+    (continue) or ``overwrite`` (start again). Call it while holding the ``RunLock``.
+    """
+    status = run_status(run_dir)
+    if overwrite and status != "empty":
+        for child in Path(run_dir).iterdir():
+            if child.name != ".lock":
+                shutil.rmtree(child) if child.is_dir() else child.unlink()
+        return False
+    if status == "finished" and not resume:
+        raise LongtailError(
+            f"{run_dir} already holds a finished run; pass --overwrite to replace it or choose another --out"
+        )
+    if status == "unfinished" and not resume:
+        raise LongtailError(
+            f"{run_dir} holds an unfinished run; pass --resume to continue it or --overwrite to start over"
+        )
+    return status != "empty"

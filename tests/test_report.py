@@ -1,0 +1,227 @@
+"""``longtail.report`` on synthetic results: figures are real PNGs, tables carry the right numbers,
+and the HTML page is self-contained and renders (with every image decoded) in headless Chromium.
+
+The metrics come from ``classification_metrics`` on random predictions (fixed numpy seed) and
+``aggregate_seeds`` over two seeds, so the report sees exactly the dictionaries a real study writes.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+from matplotlib.image import imread
+
+from longtail import report
+from longtail.metrics import aggregate_seeds, classification_metrics
+
+CLASS_NAMES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+# CIFAR-10-LT, imbalance factor 100.
+COUNTS = [5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50]
+SEEDS = (0, 1)
+# The study's strategies plus an extra whose name needs escaping (HTML) and a safe file name.
+STRATEGIES = (
+    "baseline",
+    "reweight",
+    "decoupled-modified-ce",
+    "decoupled-balanced-softmax",
+    "decoupled-focal",
+    "decoupled-class-balanced",
+    "decoupled-cb-focal",
+    "mixup & <tuned>",
+)
+ENVIRONMENT = {
+    "data source": "CIFAR-10 python archive, https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
+    "hardware": "1x NVIDIA H100 80GB",
+    "wall time": "1 h 23 min",
+    "torch": "2.14.1",
+}
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+CHROMIUM_TIMEOUT_S = 120
+
+
+def _fake_metrics(rng: np.random.Generator, skill: float) -> dict:
+    """Metrics of random predictions that are right more often for frequent classes."""
+    y_true = np.repeat(np.arange(len(CLASS_NAMES)), 100)
+    hit_rate = np.clip(np.linspace(0.95, 0.35, len(CLASS_NAMES)) + skill, 0.0, 1.0)[y_true]
+    guesses = rng.integers(0, len(CLASS_NAMES), len(y_true))
+    y_pred = np.where(rng.random(len(y_true)) < hit_rate, y_true, guesses)
+    return classification_metrics(y_true, y_pred, CLASS_NAMES, COUNTS)
+
+
+def _fake_results(names: tuple[str, ...] = STRATEGIES) -> dict:
+    """A ``results.json``-shaped dict with one aggregated entry per strategy name."""
+    rng = np.random.default_rng(1234)
+    strategies = {
+        name: aggregate_seeds([_fake_metrics(rng, 0.02 * index) for _ in SEEDS], SEEDS)
+        for index, name in enumerate(names)
+    }
+    config = {
+        "dataset": "cifar10-lt",
+        "imbalance_factor": 100,
+        "epochs": 200,
+        "seeds": list(SEEDS),
+        "lr": 0.1,
+        "augment": {"crop": 32, "flip": True},
+    }
+    return {"config": config, "strategies": strategies}
+
+
+def _assert_png(path: Path, min_bytes: int = 10_000) -> None:
+    """``path`` is a PNG file of some substance."""
+    assert path.is_file(), path
+    assert path.read_bytes()[:8] == PNG_MAGIC, f"{path} is not a PNG"
+    assert path.stat().st_size > min_bytes, f"{path} is only {path.stat().st_size} bytes"
+
+
+def _md_row(markdown: str, strategy: str) -> list[str]:
+    """The cells of the comparison-table row of ``strategy`` in results.md."""
+    escaped = strategy.replace("|", "\\|")
+    for line in markdown.splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if cells[0] == escaped and len(cells) == len(report.COMPARISON_HEADER):
+            return cells
+    raise AssertionError(f"no comparison row for {strategy!r}")
+
+
+def _chromium(*args: str, tmp_path: Path) -> subprocess.CompletedProcess:
+    """Run headless Chromium with a throwaway profile and no network chatter; fail if it is missing."""
+    binary = shutil.which("chromium")
+    if binary is None:
+        pytest.fail("chromium is not on PATH: install it with `apt-get install chromium` (CI installs it)")
+    command = [
+        binary,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        "--virtual-time-budget=5000",
+        *args,
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=CHROMIUM_TIMEOUT_S, check=False)
+    assert done.returncode == 0, f"chromium exited {done.returncode}: {done.stderr[-2000:]}"
+    return done
+
+
+@pytest.fixture(scope="module")
+def rendered(tmp_path_factory) -> tuple[dict, Path]:
+    """The synthetic results and the folder ``render_study`` wrote them to."""
+    results = _fake_results()
+    out_dir = tmp_path_factory.mktemp("study")
+    report.render_study(results, out_dir, environment=ENVIRONMENT)
+    return results, out_dir
+
+
+def test_run_figures_are_pngs(tmp_path):
+    metrics = _fake_metrics(np.random.default_rng(0), 0.0)
+    paths = report.write_run_figures(metrics, tmp_path)
+    names = ["confusion_matrix.png", "precision_recall.png", "class_histogram.png"]
+    assert paths == [tmp_path / "figures" / name for name in names]
+    for path in paths:
+        _assert_png(path)
+
+
+def test_confusion_matrix_size(tmp_path):
+    path = report.plot_confusion_matrix(_fake_metrics(np.random.default_rng(0), 0.0), tmp_path / "cm.png", "t")
+    height, width = imread(path).shape[:2]
+    assert (width, height) == (600, 550)
+
+
+def test_study_figures_one_confusion_per_strategy(rendered):
+    results, out_dir = rendered
+    figures = sorted((out_dir / "figures").glob("*.png"))
+    assert len(figures) == len(STRATEGIES) + 2
+    for path in figures:
+        _assert_png(path)
+    names = {path.name for path in figures}
+    assert {
+        "recall_comparison.png",
+        "class_histogram.png",
+        "confusion_baseline.png",
+        "confusion_mixup_tuned.png",
+    } <= names
+
+
+def test_markdown_lists_every_strategy_and_config(rendered):
+    results, out_dir = rendered
+    markdown = (out_dir / "results.md").read_text(encoding="utf-8")
+    for name in STRATEGIES:
+        assert _md_row(markdown, name)
+        assert f"### {name}" in markdown
+    assert "- imbalance_factor: 100" in markdown
+    assert "| " + " | ".join(report.COMPARISON_HEADER) + " |" in markdown
+
+
+def test_markdown_delta_versus_our_baseline(rendered):
+    results, out_dir = rendered
+    markdown = (out_dir / "results.md").read_text(encoding="utf-8")
+    delta_column = report.COMPARISON_HEADER.index("Δ vs baseline (points)")
+    strategies = results["strategies"]
+    expected = 100 * (strategies["reweight"]["mean"]["accuracy"] - strategies["baseline"]["mean"]["accuracy"])
+    assert _md_row(markdown, "baseline")[delta_column] == "+0.00"
+    assert float(_md_row(markdown, "reweight")[delta_column]) == pytest.approx(expected, abs=0.005)
+
+
+def test_markdown_mean_std_and_study_columns(rendered):
+    results, out_dir = rendered
+    row = _md_row((out_dir / "results.md").read_text(encoding="utf-8"), "baseline")
+    entry = results["strategies"]["baseline"]
+    mean, std = 100 * entry["mean"]["accuracy"], 100 * entry["std"]["accuracy"]
+    assert row[1] == "84.15"
+    assert row[2] == f"{mean:.2f} ± {std:.2f} (n={len(SEEDS)})"
+    assert _md_row((out_dir / "results.md").read_text(encoding="utf-8"), "decoupled-focal")[1] == "—"
+
+
+def test_markdown_delta_blank_without_baseline(tmp_path):
+    report.write_results_markdown(_fake_results(("reweight", "decoupled-focal")), tmp_path / "results.md")
+    markdown = (tmp_path / "results.md").read_text(encoding="utf-8")
+    delta_column = report.COMPARISON_HEADER.index("Δ vs baseline (points)")
+    assert _md_row(markdown, "reweight")[delta_column] == ""
+
+
+def test_html_is_self_contained(rendered):
+    results, out_dir = rendered
+    page = (out_dir / "report.html").read_text(encoding="utf-8")
+    assert not re.search(r"""(?:src|href)\s*=\s*["']?\s*(?:https?:)?//""", page, re.IGNORECASE)
+    assert "<link" not in page.lower()
+    images = re.findall(r"<img\b[^>]*>", page)
+    assert len(images) == len(STRATEGIES) + 2
+    assert all('src="data:image/png;base64,' in image for image in images)
+
+
+def test_html_escapes_and_shows_everything(rendered):
+    results, out_dir = rendered
+    page = (out_dir / "report.html").read_text(encoding="utf-8")
+    assert "mixup &amp; &lt;tuned&gt;" in page
+    assert "<tuned>" not in page
+    for key, value in ENVIRONMENT.items():
+        assert key in page and value in page
+    for key in results["config"]:
+        assert f"<td>{key}</td>" in page
+    assert "Study-reported numbers" in page and "85.84" in page
+
+
+def test_html_renders_in_headless_chromium(rendered, tmp_path):
+    results, out_dir = rendered
+    dom = _chromium("--dump-dom", (out_dir / "report.html").as_uri(), tmp_path=tmp_path).stdout
+    assert f'data-images-loaded="{len(STRATEGIES) + 2}"' in dom
+    for name in STRATEGIES:
+        strategy = name.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+        assert re.search(rf"<tr><td>{re.escape(strategy)}</td><td>", dom), name
+
+
+def test_html_screenshot_is_not_blank(rendered, tmp_path):
+    results, out_dir = rendered
+    shot = tmp_path / "shot.png"
+    _chromium(f"--screenshot={shot}", "--window-size=1280,2000", (out_dir / "report.html").as_uri(), tmp_path=tmp_path)
+    _assert_png(shot)
+    assert imread(shot).std() > 0
