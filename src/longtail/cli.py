@@ -19,13 +19,6 @@ class _Parser(argparse.ArgumentParser):
         raise LongtailError(f"{message} (see `{self.prog} --help`)")
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
-
-
 def _add_data_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--data",
@@ -110,6 +103,23 @@ def build_parser() -> argparse.ArgumentParser:
     decouple.add_argument("--overwrite", action="store_true")
     decouple.add_argument("--cache-dir", type=Path)
 
+    reproduce = commands.add_parser("reproduce", help="the whole study in one command, with a report")
+    reproduce.add_argument(
+        "--preset",
+        default="cpu",
+        help="seed (the study's recipe, GPU), cpu (fits 60 min on 2 cores) or smoke (a few minutes)",
+    )
+    reproduce.add_argument("--imbalance", type=float, default=100.0)
+    reproduce.add_argument("--seeds", type=int, nargs="+", default=[0])
+    reproduce.add_argument("--extras", action="store_true", help="add the strategies beyond the study")
+    reproduce.add_argument("--data", help="as for train (default: $LONGTAIL_DATA)")
+    reproduce.add_argument("--weights", default="imagenet", help="as for train")
+    reproduce.add_argument("--decay-reading", help="override the default reading of 'weight decay 0.9999'")
+    reproduce.add_argument("--epochs", type=int, help="override the preset's stage-1 epochs")
+    reproduce.add_argument("--image-size", type=int, help="override the preset's image size")
+    reproduce.add_argument("--out", type=Path, required=True)
+    reproduce.add_argument("--cache-dir", type=Path)
+
     evaluate = commands.add_parser("evaluate", help="write RUN/metrics.json and figures")
     evaluate.add_argument("run", type=Path)
     evaluate.add_argument("--cache-dir", type=Path)
@@ -187,6 +197,27 @@ def _command_decouple(args) -> None:
     _print_summary(metrics, args.out)
 
 
+def _command_reproduce(args) -> None:
+    from longtail.study import reproduce
+
+    results = reproduce(
+        args.out,
+        preset=args.preset,
+        seeds=tuple(args.seeds),
+        imbalance=args.imbalance,
+        extras=args.extras,
+        data=args.data,
+        weights=args.weights,
+        decay_reading=args.decay_reading,
+        epochs=args.epochs,
+        image_size=args.image_size,
+        cache_dir=args.cache_dir,
+    )
+    for name, entry in results["strategies"].items():
+        print(f"{name:<34} top-1 {100 * entry['mean']['accuracy']:6.2f} ± {100 * entry['std']['accuracy']:.2f}")
+    print(f"report: {args.out / 'report.html'}, table: {args.out / 'results.md'}")
+
+
 def _print_summary(metrics: dict, run_dir: Path) -> None:
     groups = metrics["groups"]
     print(
@@ -213,6 +244,7 @@ COMMANDS = {
     "data": _command_data,
     "train": _command_train,
     "decouple": _command_decouple,
+    "reproduce": _command_reproduce,
     "evaluate": _command_evaluate,
 }
 

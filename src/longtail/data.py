@@ -25,6 +25,7 @@ import math
 import os
 import tarfile
 import tempfile
+import zipfile
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -116,8 +117,10 @@ def _load_npz(path: Path) -> Arrays:
                 )
             arrays = {key: archive[key] for key in ("x_train", "y_train", "x_test", "y_test")}
             names = tuple(str(n) for n in archive["class_names"]) if "class_names" in archive.files else None
-    except (OSError, ValueError, EOFError) as error:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
         raise LongtailError(f"{path}: not a readable .npz ({error}); check the file or re-copy it") from error
+    if arrays["y_train"].size == 0 or arrays["y_test"].size == 0:
+        raise LongtailError(f"{path}: y_train and y_test must not be empty; an .npz needs training and test images")
     num_classes = int(max(arrays["y_train"].max(), arrays["y_test"].max())) + 1
     names = names or (CIFAR10_CLASSES if num_classes == 10 else tuple(f"class_{i}" for i in range(num_classes)))
     _validate_arrays(*arrays.values(), names, str(path))
@@ -223,14 +226,19 @@ def _cached_decode(kind: str, source: Path, fingerprint: str, cache_dir: Path) -
     """Decode an image folder or tarball once; later calls read the cached arrays."""
     cache = cache_dir / f"arrays-{fingerprint[:16]}.npz"
     if cache.exists():
-        with np.load(cache, allow_pickle=False) as archive:
-            stored = {key: archive[key] for key in archive.files}
-        arrays = [stored[k] for k in ("x_train", "y_train", "x_test", "y_test")]
-        if _sha256_arrays(*arrays) != str(stored["checksum"]):
+        try:
+            with np.load(cache, allow_pickle=False) as archive:
+                stored = {key: archive[key] for key in archive.files}
+            arrays = [stored[k] for k in ("x_train", "y_train", "x_test", "y_test")]
+            checksum, names = str(stored["checksum"]), tuple(str(n) for n in stored["class_names"])
+        except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as error:
+            raise LongtailError(
+                f"{cache}: cached arrays are corrupted ({error}); delete it and rerun to rebuild it"
+            ) from error
+        if _sha256_arrays(*arrays) != checksum:
             raise LongtailError(
                 f"{cache}: cached arrays are corrupted (checksum mismatch); delete it and rerun to rebuild it"
             )
-        names = tuple(str(n) for n in stored["class_names"])
     else:
         if kind == "tarball":
             cache_dir.mkdir(parents=True, exist_ok=True)
@@ -262,7 +270,11 @@ def load_arrays(source: str | os.PathLike | None, cache_dir: Path | None = None)
             )
     path = Path(source).expanduser()
     cache_dir = cache_dir or default_cache_dir()
-    if not path.exists():
+    try:
+        exists = path.exists()
+    except OSError as error:  # e.g. PermissionError: a folder on the way cannot be searched
+        raise LongtailError(f"data path {path} cannot be accessed ({error.strerror}); check its permissions") from error
+    if not exists:
         raise LongtailError(
             f"data path {path} does not exist; pass --data with an existing .npz, image folder, "
             ".tar.gz or CIFAR-10 root"
@@ -348,8 +360,9 @@ def select_long_tail(
         if not 1 <= max_per_class <= n_max:
             raise LongtailError(f"max_per_class must be between 1 and {n_max}, got {max_per_class}")
         n_max = max_per_class
-    if val_per_class >= min(len(members) for members in per_class):
-        raise LongtailError(f"val_per_class {val_per_class} leaves no training images (smallest class has {n_max})")
+    smallest = min(len(members) for members in per_class)
+    if val_per_class >= smallest:
+        raise LongtailError(f"val_per_class {val_per_class} leaves no training images (smallest class has {smallest})")
     profile_counts = long_tail_counts(n_max, num_classes, imbalance, profile)
     train, val = [], []
     for c, members in enumerate(per_class):

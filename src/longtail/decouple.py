@@ -40,6 +40,7 @@ from longtail.runs import (
     RunLock,
     atomic_torch_save,
     atomic_write_json,
+    check_run_dir,
     prepare_run_dir,
     read_json,
     torch_load,
@@ -311,14 +312,16 @@ def decouple(
     config.validate()
     stage1_dir, out = Path(stage1_dir).resolve(), Path(out)
     runtime = Runtime.create()
+    # Everything that can fail on bad input happens before the run directory is touched.
+    check_run_dir(out, resume=False, overwrite=overwrite)
+    model, stage1_config, dataset, _ = load_trained_model(stage1_dir, runtime, cache_dir)
+    if stage1_config.strategy == "ldam-drw" and config.method != "retrain":
+        raise LongtailError(
+            f"{config.method} needs a linear stage-1 classifier; {stage1_dir} has LDAM's cosine "
+            "head: use --method retrain"
+        )
     with RunLock(out):
         prepare_run_dir(out, resume=False, overwrite=overwrite)
-        model, stage1_config, dataset, _ = load_trained_model(stage1_dir, runtime, cache_dir)
-        if stage1_config.strategy == "ldam-drw" and config.method != "retrain":
-            raise LongtailError(
-                f"{config.method} needs a linear stage-1 classifier; {stage1_dir} has LDAM's cosine "
-                "head: use --method retrain"
-            )
         started = time.perf_counter()
         features = load_or_extract_features(stage1_dir, model, stage1_config, dataset, config.views, runtime)
         feature_seconds = time.perf_counter() - started

@@ -66,9 +66,14 @@ class WeightsInfo:
 
 
 def _load_state_dict_file(path: Path) -> tuple[dict, str]:
-    if not path.is_file():
-        raise LongtailError(f"weights file {path} does not exist; pass --weights imagenet, none or an existing .pth")
-    payload = path.read_bytes()
+    try:
+        if not path.is_file():
+            raise LongtailError(
+                f"weights file {path} does not exist; pass --weights imagenet, none or an existing .pth"
+            )
+        payload = path.read_bytes()
+    except OSError as error:  # e.g. PermissionError
+        raise LongtailError(f"weights file {path} cannot be read ({error.strerror}); check its permissions") from error
     try:
         import io
 
@@ -110,9 +115,9 @@ def is_bn_folded(model: nn.Module, atol: float = 1e-6) -> bool:
     """True when every BatchNorm is an identity plus offset (BN folded into the convolutions)."""
     norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
     return bool(norms) and all(
-        torch.allclose(m.running_mean, torch.zeros_like(m.running_mean), atol=atol)
-        and torch.allclose(m.running_var + m.eps, torch.ones_like(m.running_var), atol=atol)
-        and torch.allclose(m.weight, torch.ones_like(m.weight), atol=atol)
+        torch.allclose(m.running_mean, torch.zeros_like(m.running_mean), atol=atol, rtol=0)
+        and torch.allclose(m.running_var + m.eps, torch.ones_like(m.running_var), atol=atol, rtol=0)
+        and torch.allclose(m.weight, torch.ones_like(m.weight), atol=atol, rtol=0)
         for m in norms
     )
 

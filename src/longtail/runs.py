@@ -110,17 +110,14 @@ def run_status(run_dir: Path) -> str:
     return "empty"
 
 
-def prepare_run_dir(run_dir: Path, *, resume: bool, overwrite: bool) -> bool:
-    """Check what ``run_dir`` holds against the flags; returns True when the run should resume.
+def check_run_dir(run_dir: Path, *, resume: bool, overwrite: bool) -> bool:
+    """Check what ``run_dir`` holds against the flags, changing nothing; True when the run will resume.
 
     A finished run is replaced only with ``overwrite``; an unfinished one needs ``resume``
-    (continue) or ``overwrite`` (start again). Call it while holding the ``RunLock``.
+    (continue) or ``overwrite`` (start again).
     """
     status = run_status(run_dir)
-    if overwrite and status != "empty":
-        for child in Path(run_dir).iterdir():
-            if child.name != ".lock":
-                shutil.rmtree(child) if child.is_dir() else child.unlink()
+    if overwrite:
         return False
     if status == "finished" and not resume:
         raise LongtailError(
@@ -131,3 +128,13 @@ def prepare_run_dir(run_dir: Path, *, resume: bool, overwrite: bool) -> bool:
             f"{run_dir} holds an unfinished run; pass --resume to continue it or --overwrite to start over"
         )
     return status != "empty"
+
+
+def prepare_run_dir(run_dir: Path, *, resume: bool, overwrite: bool) -> bool:
+    """``check_run_dir``, then empty the directory when overwriting. Call it holding the ``RunLock``."""
+    resuming = check_run_dir(run_dir, resume=resume, overwrite=overwrite)
+    if overwrite and run_status(run_dir) != "empty":
+        for child in Path(run_dir).iterdir():
+            if child.name != ".lock":
+                shutil.rmtree(child) if child.is_dir() else child.unlink()
+    return resuming

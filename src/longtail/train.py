@@ -39,6 +39,7 @@ from longtail.runs import (
     RunLock,
     atomic_torch_save,
     atomic_write_json,
+    check_run_dir,
     prepare_run_dir,
     read_json,
     torch_load,
@@ -173,8 +174,11 @@ class Dataset:
         return self.arrays.y_train[self.split.train]
 
 
-def load_dataset(config: TrainConfig, pretrained: bool, cache_dir: Path | None = None) -> Dataset:
-    arrays = data_module.load_arrays(config.data, cache_dir)
+def load_dataset(
+    config: TrainConfig, pretrained: bool, cache_dir: Path | None = None, arrays: Arrays | None = None
+) -> Dataset:
+    """The arrays (loaded unless given), the run's long-tailed split and its input normalisation."""
+    arrays = arrays or data_module.load_arrays(config.data, cache_dir)
     split = data_module.long_tail_split(
         arrays, config.imbalance, config.profile, config.seed, config.val_per_class, config.max_per_class, cache_dir
     )
@@ -198,7 +202,10 @@ def seed_everything(seed: int, deterministic: bool) -> None:
 
 
 def rng_state() -> dict:
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    name, keys, position, has_gauss, cached_gaussian = np.random.get_state()
+    numpy_state = [name, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, cached_gaussian]
+    # Only tensors and plain types, so the checkpoint loads with torch.load(weights_only=True).
+    state = {"torch": torch.get_rng_state(), "numpy": numpy_state, "python": random.getstate()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -206,7 +213,8 @@ def rng_state() -> dict:
 
 def restore_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
+    name, keys, position, has_gauss, cached_gaussian = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), position, has_gauss, cached_gaussian))
     random.setstate(state["python"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -286,18 +294,28 @@ def train_one_epoch(
     dataset: Dataset,
     bn_mode: str,
     runtime: Runtime,
+    max_steps: int | None = None,
 ) -> EpochStats:
-    """One pass over this process's share of the epoch's sampled order."""
+    """One pass over this process's share of the epoch's sampled order (its first ``max_steps`` steps if given)."""
     _, sampler = STRATEGIES[config.strategy]
     loss_fn = _loss_for_epoch(config, dataset.split.train_counts, state.epoch)
     order = epoch_order(sampler, dataset.train_labels, config.seed, state.epoch, runtime.rank, runtime.world_size)
     augment_generator = epoch_generator(config.seed, state.epoch, stream=1 + runtime.rank, device=images.device)
     per_rank_batch = max(1, config.batch_size // runtime.world_size)
+    global_batch = per_rank_batch * runtime.world_size
+    total = len(dataset.train_labels)  # length of the epoch's global order
+    # Every rank must take the same number of steps (each step all-reduces gradients), so a last
+    # global batch too small to give every rank an image is left out (at most world_size - 1 images).
+    steps = -(-(total // runtime.world_size) // per_rank_batch)
+    if bn_mode != "frozen" and steps > 1 and (total - (steps - 1) * global_batch) // runtime.world_size == 1:
+        steps -= 1  # BatchNorm in train mode cannot normalise a last batch of one image per rank: skip it
+    if max_steps is not None:
+        steps = min(steps, max_steps)
+    order = order[: steps * per_rank_batch]
     set_train_mode(train_model, bn_mode)
     started = time.perf_counter()
     seen = correct = 0
     loss_sum = 0.0
-    steps = (len(order) + per_rank_batch - 1) // per_rank_batch
     progress = tqdm(
         data_module.batches(order, per_rank_batch),
         total=steps,
@@ -322,7 +340,10 @@ def train_one_epoch(
                 "with the last good checkpoint kept (try a lower --lr)"
             )
         state.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        # DDP averages the ranks' gradients; weighting each rank's mean loss by its share of the global
+        # batch makes that the global batch's mean gradient even when a last batch splits unevenly.
+        share = len(targets) * runtime.world_size / min(global_batch, total - step * global_batch)
+        (loss * share if share != 1 else loss).backward()
         state.optimizer.step()
         if state.ema is not None:
             state.ema.update_parameters(state.model)
@@ -381,15 +402,16 @@ def train(
     config.validate()
     out = Path(out)
     runtime = Runtime.create(config.device)
+    # Everything that can fail on bad input happens before the run directory is touched.
+    check_run_dir(out, resume=resume, overwrite=overwrite)
+    seed_everything(config.seed, config.deterministic)
+    loss_name, _ = STRATEGIES[config.strategy]
+    arrays = data_module.load_arrays(config.data, cache_dir)
+    model, info = build_model(arrays.num_classes, config.weights, cosine_head=loss_spec(loss_name).cosine_head)
+    dataset = load_dataset(config, info.pretrained, cache_dir, arrays)
     with RunLock(out) if runtime.is_main else nullcontext():
         resuming = prepare_run_dir(out, resume=resume, overwrite=overwrite) if runtime.is_main else resume
         runtime.barrier()
-        seed_everything(config.seed, config.deterministic)
-        loss_name, _ = STRATEGIES[config.strategy]
-        dataset = load_dataset(config, pretrained=config.weights != "none", cache_dir=cache_dir)
-        model, info = build_model(
-            dataset.arrays.num_classes, config.weights, cosine_head=loss_spec(loss_name).cosine_head
-        )
         bn_mode = resolve_bn_mode(config.bn, info)
         images = torch.from_numpy(dataset.arrays.x_train[dataset.split.train]).to(runtime.device)
         labels = torch.from_numpy(dataset.train_labels).to(runtime.device)
@@ -456,7 +478,7 @@ def train(
             stats = train_one_epoch(state, train_model, config, images, labels, dataset, bn_mode, runtime)
             state.epoch += 1
             record = {"epoch": state.epoch, **dataclasses.asdict(stats)}
-            if len(val_images):
+            if len(val_images) and runtime.is_main:  # the other ranks wait at the barrier below
                 eval_model = ema.module if ema is not None else model
                 val_logits = predict_logits(
                     eval_model, val_images, config.image_size, dataset.mean, dataset.std, runtime

@@ -1,0 +1,192 @@
+"""Wall time of the whole study with longtail versus a naive reproduction that trains every strategy from scratch.
+
+The study: baseline, Reweight, and five decoupled losses (modified-ce, balanced-softmax, focal,
+class-balanced, cb-focal), each evaluated on the balanced test set.
+
+- longtail: two stage-1 runs (``longtail.train.train``: baseline and Reweight); the five
+  stage-2 heads (``longtail.decouple.decouple``) reuse the baseline run, whose backbone features
+  are extracted once and cached.
+- naive: seven stage-1 runs (baseline, Reweight, and a baseline-like re-training before each
+  decoupled loss); each stage-2 head is trained with ``longtail.decouple.train_head`` through
+  the frozen backbone (a fetch that runs it on every batch, every epoch), then evaluated through
+  it. Heads, losses, samplers and hyperparameters are the same as longtail's.
+
+``stage2_speedup`` compares stage 2 of the five losses alone (longtail: cached features,
+including the one-off extraction; naive: through the backbone). Everything is written to
+temporary directories that are removed afterwards. The last line of stdout is one JSON object.
+
+    python benchmarks/study.py --data ../shared/data/cifar10.npz \\
+        --weights ../shared/weights/efficientnet_b0_imagenet_tfhub.pth
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from longtail.data import load_arrays
+from longtail.decouple import Stage2Config, decouple, extract_features, train_head
+from longtail.losses import MODIFIED_CE, build_loss, loss_spec
+from longtail.models import make_head
+from longtail.runs import read_json
+from longtail.train import Runtime, TrainConfig, load_trained_model, save_evaluation, train
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+DEFAULT_DATA = os.environ.get("LONGTAIL_DATA", str(SHARED / "data" / "cifar10.npz"))
+DEFAULT_WEIGHTS = str(SHARED / "weights" / "efficientnet_b0_imagenet_tfhub.pth")
+STUDY_LOSSES = ("modified-ce", "balanced-softmax", "focal", "class-balanced", "cb-focal")  # as longtail.study
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", default=DEFAULT_DATA, help="as for `longtail train --data`")
+    parser.add_argument("--weights", default=DEFAULT_WEIGHTS, help="as for `longtail train --weights`")
+    parser.add_argument("--cache-dir", type=Path, help="longtail cache (default: $LONGTAIL_CACHE)")
+    parser.add_argument("--imbalance", type=float, default=100.0)
+    parser.add_argument("--max-per-class", type=int, default=200, help="head-class count (small preset: 200)")
+    parser.add_argument("--val-per-class", type=int, default=50)
+    parser.add_argument("--image-size", type=int, default=32)
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--epochs", type=int, default=1, help="stage-1 epochs")
+    parser.add_argument("--stage2-epochs", type=int, default=5, help="stage-2 head epochs")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
+    return parser.parse_args(argv)
+
+
+def naive_stage2(stage1_dir: Path, config: Stage2Config, out: Path, runtime: Runtime, cache_dir: Path | None) -> dict:
+    """``fit_stage2``'s retrain head for ``config.loss``, trained and evaluated through the frozen backbone."""
+    model, stage1_config, dataset, _ = load_trained_model(stage1_dir, runtime, cache_dir)
+    counts = dataset.split.train_counts
+    loss_name = MODIFIED_CE if config.loss == "modified-ce" else config.loss
+    torch.manual_seed(config.seed)
+    head = make_head(len(counts), loss_spec(loss_name).cosine_head)
+    train_images = torch.from_numpy(dataset.arrays.x_train[dataset.split.train])
+    args = (stage1_config.image_size, dataset.mean, dataset.std, runtime)
+
+    def through_backbone(positions, views):
+        return extract_features(model, train_images[positions], *args).clone()  # clone: leave inference mode
+
+    head = train_head(
+        head,
+        through_backbone,
+        torch.from_numpy(dataset.train_labels),
+        build_loss(loss_name, counts, gamma=config.gamma, beta=config.beta, tau=1.0),
+        sampler=config.resolved_sampler,
+        epochs=config.epochs,
+        batch_size=config.batch_size,
+        lr=config.lr,
+        seed=config.seed,
+    )
+    with torch.no_grad():
+        logits = head(extract_features(model, torch.from_numpy(dataset.arrays.x_test), *args))
+    out.mkdir(parents=True)
+    return save_evaluation(out, dataset.arrays.y_test, logits, dataset)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    base = TrainConfig(
+        data=args.data,
+        weights=args.weights,
+        imbalance=args.imbalance,
+        max_per_class=args.max_per_class,
+        val_per_class=args.val_per_class,
+        image_size=args.image_size,
+        batch_size=args.batch_size,
+        epochs=args.epochs,
+        seed=args.seed,
+        device=args.device,
+    )
+    base.validate()
+    reweight = dataclasses.replace(base, strategy="reweight")
+    stage2 = {loss: Stage2Config(loss=loss, epochs=args.stage2_epochs, seed=args.seed) for loss in STUDY_LOSSES}
+    for config in stage2.values():
+        config.validate()
+    runtime = Runtime.create(args.device)
+    # Untimed: read the data once (page cache, split index) and import what the first run would.
+    load_arrays(args.data, args.cache_dir)
+    from torch.utils.tensorboard import SummaryWriter  # noqa: F401
+
+    import longtail.report  # noqa: F401
+
+    accuracy: dict[str, dict[str, float]] = {"longtail": {}, "naive": {}}
+    with tempfile.TemporaryDirectory(prefix="longtail-study-bench-") as scratch:
+        root = Path(scratch)
+
+        started = time.perf_counter()
+        train(base, root / "longtail" / "baseline", cache_dir=args.cache_dir)
+        train(reweight, root / "longtail" / "reweight", cache_dir=args.cache_dir)
+        stage2_started = time.perf_counter()
+        for loss, config in stage2.items():
+            out = root / "longtail" / f"decoupled-{loss}"
+            metrics = decouple(root / "longtail" / "baseline", config, out, cache_dir=args.cache_dir)
+            accuracy["longtail"][loss] = metrics["accuracy"]
+        longtail_stage2 = time.perf_counter() - stage2_started
+        longtail_total = time.perf_counter() - started
+        feature_seconds = read_json(root / "longtail" / f"decoupled-{STUDY_LOSSES[0]}" / "run.json")["feature_seconds"]
+        print(f"longtail: {longtail_total:.1f} s (stage 2: {longtail_stage2:.1f} s)", flush=True)
+
+        started = time.perf_counter()
+        train(base, root / "naive" / "baseline", cache_dir=args.cache_dir)
+        train(reweight, root / "naive" / "reweight", cache_dir=args.cache_dir)
+        naive_stage2_seconds = 0.0
+        for loss, config in stage2.items():
+            stage1_dir = root / "naive" / f"stage1-for-{loss}"
+            train(base, stage1_dir, cache_dir=args.cache_dir, evaluate=False)
+            stage2_started = time.perf_counter()
+            metrics = naive_stage2(stage1_dir, config, root / "naive" / f"decoupled-{loss}", runtime, args.cache_dir)
+            naive_stage2_seconds += time.perf_counter() - stage2_started
+            accuracy["naive"][loss] = metrics["accuracy"]
+        naive_total = time.perf_counter() - started
+        print(f"naive:    {naive_total:.1f} s (stage 2: {naive_stage2_seconds:.1f} s)", flush=True)
+
+    result = {
+        "study_speedup": round(naive_total / longtail_total, 3),
+        "stage2_speedup": round(naive_stage2_seconds / longtail_stage2, 3),
+        "longtail_study_seconds": round(longtail_total, 2),
+        "naive_study_seconds": round(naive_total, 2),
+        "longtail_stage2_seconds": round(longtail_stage2, 2),
+        "longtail_feature_extraction_seconds": round(feature_seconds, 2),
+        "naive_stage2_seconds": round(naive_stage2_seconds, 2),
+        "stage1_runs": {"longtail": 2, "naive": 2 + len(STUDY_LOSSES)},
+        # Same seeds and settings, so the two should agree up to run-to-run nondeterminism.
+        "stage2_test_accuracy": accuracy,
+        "config": {
+            "imbalance": args.imbalance,
+            "max_per_class": args.max_per_class,
+            "val_per_class": args.val_per_class,
+            "image_size": args.image_size,
+            "batch_size": args.batch_size,
+            "epochs": args.epochs,
+            "stage2_epochs": args.stage2_epochs,
+            "seed": args.seed,
+            "weights": args.weights,
+        },
+        "device": str(runtime.device) + (f" ({torch.cuda.get_device_name()})" if runtime.device.type == "cuda" else ""),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+    }
+    print(
+        f"study: longtail {longtail_total:.1f} s vs naive {naive_total:.1f} s -> {result['study_speedup']:.2f}x; "
+        f"stage 2 (5 losses): {longtail_stage2:.1f} s (features {feature_seconds:.1f} s once) vs "
+        f"{naive_stage2_seconds:.1f} s through the backbone -> {result['stage2_speedup']:.2f}x"
+    )
+    print(json.dumps(result), flush=True)
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,251 @@
+"""Stage 2 (``longtail.decouple``): cached features train the same head as the frozen backbone,
+and every stage-2 method does what its formula says on synthetic features.
+
+(a) runs EfficientNet-B0 with the real pretrained weights (a randomly initialised B0's pooled
+features are ~1e-14, too small to train a head on) on a few random uint8 images; (b) needs no
+network at all:
+features are Gaussians (or hand-placed points) and the stage-1 classifier is a given linear layer.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from longtail import data as data_module
+from longtail import decouple
+from longtail.data import Arrays, Split
+from longtail.errors import LongtailError
+from longtail.losses import build_loss
+from longtail.models import FEATURE_DIM, build_model, pooled_features
+from longtail.train import Dataset, Runtime
+
+WEIGHTS = Path(__file__).resolve().parents[1].parent / "shared" / "weights" / "efficientnet_b0_imagenet_tfhub.pth"
+
+# ---------------------------------------------------------------- (a) cached features == frozen backbone
+
+
+def test_head_on_cached_features_equals_head_through_frozen_backbone():
+    torch.manual_seed(0)
+    model, _ = build_model(4, str(WEIGHTS))
+    model = model.to(memory_format=torch.channels_last).eval()
+    mean, std, size = data_module.IMAGENET_MEAN, data_module.IMAGENET_STD, 32
+    images = torch.randint(0, 256, (24, 32, 32, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    labels = torch.tensor([0] * 12 + [1] * 6 + [2] * 4 + [3] * 2)
+    counts = [12, 6, 4, 2]
+    runtime = Runtime(torch.device("cpu"))
+
+    started = time.perf_counter()
+    cached = decouple.extract_features(model, images, size, mean, std, runtime)[None]  # (views=1, N, 1280)
+    extract_seconds = time.perf_counter() - started
+    assert cached.shape == (1, 24, FEATURE_DIM)
+
+    def through_backbone(positions, views):
+        assert int(views.max()) == 0  # no augmented views asked for
+        with torch.no_grad():
+            return pooled_features(model.eval(), data_module.to_model_input(images[positions], size, mean, std))
+
+    common = dict(sampler="instance", epochs=3, batch_size=8, lr=1e-2, seed=0, views=0)
+    heads, seconds = [], []
+    for fetch in (lambda positions, views: cached[views, positions], through_backbone):
+        torch.manual_seed(5)
+        head = nn.Linear(FEATURE_DIM, 4)
+        started = time.perf_counter()
+        decouple.train_head(head, fetch, labels, build_loss("balanced-softmax", counts), **common)
+        seconds.append(time.perf_counter() - started)
+        heads.append(head)
+    print(
+        f"\nhead training, 3 epochs on 24 images: cached features {seconds[0]:.3f} s "
+        f"(+ {extract_seconds:.3f} s one-off extraction), through the frozen backbone {seconds[1]:.3f} s"
+    )
+    cached_head, backbone_head = heads
+    # Training moved the head (an untrained pair would be trivially equal).
+    torch.manual_seed(5)
+    assert not torch.allclose(cached_head.weight, nn.Linear(FEATURE_DIM, 4).weight, atol=1e-4)
+    torch.testing.assert_close(cached_head.weight, backbone_head.weight, atol=1e-5, rtol=0)
+    torch.testing.assert_close(cached_head.bias, backbone_head.bias, atol=1e-5, rtol=0)
+
+
+# ---------------------------------------------------------------- (b) stage-2 methods on synthetic features
+
+COUNTS = [40, 20, 10, 5]
+
+
+def _dataset(counts, val_labels) -> Dataset:
+    """A ``Dataset`` whose arrays hold only labels (the images are never looked at in stage 2)."""
+    y_train = np.concatenate([np.full(n, c) for c, n in enumerate(counts)] + [np.asarray(val_labels, int)])
+    n_train = sum(counts)
+    arrays = Arrays(
+        x_train=np.zeros((len(y_train), 1, 1, 3), np.uint8),
+        y_train=y_train.astype(np.int64),
+        x_test=np.zeros((0, 1, 1, 3), np.uint8),
+        y_test=np.zeros(0, np.int64),
+        class_names=tuple(f"c{c}" for c in range(len(counts))),
+        fingerprint="synthetic",
+        source="synthetic",
+    )
+    split = Split(np.arange(n_train), np.arange(n_train, len(y_train)), list(counts), list(counts))
+    return Dataset(arrays, split, data_module.CIFAR10_MEAN, data_module.CIFAR10_STD)
+
+
+def _gaussian_problem(val_per_class: int = 10, seed: int = 0):
+    """Class-conditional Gaussians in 1280-d, a long-tailed train set and a balanced val/test set."""
+    generator = torch.Generator().manual_seed(seed)
+    means = 0.03 * torch.randn(len(COUNTS), FEATURE_DIM, generator=generator)  # |mean| ~ 1: overlapping classes
+
+    def draw(labels):
+        labels = torch.as_tensor(labels)
+        return means[labels] + torch.randn(len(labels), FEATURE_DIM, generator=generator)
+
+    train_labels = np.concatenate([np.full(n, c) for c, n in enumerate(COUNTS)])
+    val_labels = np.repeat(np.arange(len(COUNTS)), val_per_class)
+    test_labels = np.repeat(np.arange(len(COUNTS)), 10)
+    features = decouple.Features(draw(train_labels)[None], draw(val_labels), draw(test_labels))
+    stage1 = nn.Linear(FEATURE_DIM, len(COUNTS))
+    with torch.no_grad():
+        stage1.weight.copy_(means + 0.05 * torch.randn(means.shape, generator=generator))
+        stage1.bias.copy_(torch.tensor([0.5, 0.2, -0.1, -0.4]))
+    return features, stage1, _dataset(COUNTS, val_labels)
+
+
+def _logits(head: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return head.eval()(x)
+
+
+def test_post_hoc_la_tau_0_keeps_and_tau_1_subtracts_the_log_prior():
+    features, stage1, dataset = _gaussian_problem()
+    x = features.test
+    head, chosen = decouple.fit_stage2(decouple.Stage2Config(method="post-hoc-la", tau=0.0), stage1, features, dataset)
+    assert chosen == {"tau": 0.0}
+    torch.testing.assert_close(_logits(head, x), _logits(stage1, x), atol=1e-6, rtol=0)
+
+    head, _ = decouple.fit_stage2(decouple.Stage2Config(method="post-hoc-la", tau=1.0), stage1, features, dataset)
+    log_prior = torch.log(torch.tensor(COUNTS, dtype=torch.float32) / sum(COUNTS))
+    torch.testing.assert_close(_logits(head, x), _logits(stage1, x) - log_prior, atol=1e-5, rtol=0)
+
+
+def test_tau_norm_tau_0_keeps_the_weights_and_drops_the_bias():
+    features, stage1, dataset = _gaussian_problem()
+    head, chosen = decouple.fit_stage2(decouple.Stage2Config(method="tau-norm", tau=0.0), stage1, features, dataset)
+    assert chosen == {"tau": 0.0}
+    torch.testing.assert_close(head.weight, stage1.weight, atol=0, rtol=0)
+    assert torch.count_nonzero(head.bias) == 0  # Kang et al. drop the bias
+    # With a bias-free stage-1 classifier, tau = 0 therefore predicts exactly what stage 1 did.
+    with torch.no_grad():
+        stage1.bias.zero_()
+    head, _ = decouple.fit_stage2(decouple.Stage2Config(method="tau-norm", tau=0.0), stage1, features, dataset)
+    torch.testing.assert_close(_logits(head, features.test), _logits(stage1, features.test), atol=1e-6, rtol=0)
+    # tau = 1: every class vector has unit norm.
+    head, _ = decouple.fit_stage2(decouple.Stage2Config(method="tau-norm", tau=1.0), stage1, features, dataset)
+    torch.testing.assert_close(head.weight.norm(dim=1), torch.ones(len(COUNTS)), atol=1e-6, rtol=0)
+
+
+def test_lws_returns_a_linear_layer_with_the_learned_scales_folded_in():
+    features, stage1, dataset = _gaussian_problem()
+    config = decouple.Stage2Config(method="lws", epochs=5, batch_size=16, lr=1e-2)
+    assert config.resolved_sampler == "class-balanced"
+    head, chosen = decouple.fit_stage2(config, stage1, features, dataset)
+    assert type(head) is nn.Linear
+    scales = torch.tensor(chosen["scales"])
+    assert scales.shape == (len(COUNTS),)
+    assert not torch.allclose(scales, torch.ones(len(COUNTS)))  # the scales were trained
+    torch.testing.assert_close(head.weight, stage1.weight * scales[:, None], atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(head.bias, stage1.bias * scales, atol=1e-6, rtol=1e-6)
+
+
+# Two classes, features on the first two axes; the stage-1 classifier reads them as logits with
+# bias 2 log(prior). Post-hoc adjustment by tau leaves margin s + (2 - tau) log(pi_0 / pi_1)
+# (s = x_0 - x_1), so the validation points at s = +-0.05 log(pi_0 / pi_1) are all right only at
+# tau = 2.0 exactly: 1.9 or 2.1 misclassify one of the two groups. The test set is placed so
+# that only tau = 0 gets it right: tuning on the test set would pick 0.
+TWO_COUNTS = [100, 10]
+LOG_RATIO = float(np.log(TWO_COUNTS[0] / TWO_COUNTS[1]))
+
+
+def _points(margins) -> torch.Tensor:
+    x = torch.zeros(len(margins), 8)
+    x[:, 0] = torch.tensor(margins, dtype=torch.float32)
+    return x
+
+
+def _tuning_problem(with_val: bool = True):
+    val_margins = [0.05 * LOG_RATIO] * 3 + [-0.05 * LOG_RATIO] * 3 + [3 * LOG_RATIO, -3 * LOG_RATIO]
+    val_labels = [0, 0, 0, 1, 1, 1, 0, 1] if with_val else []
+    test_margins = [-1.95 * LOG_RATIO] * 4 + [-3 * LOG_RATIO] * 4
+    test_labels = [0] * 4 + [1] * 4
+    features = decouple.Features(
+        _points([0.0] * sum(TWO_COUNTS))[None],
+        _points(val_margins if with_val else []),
+        _points(test_margins),
+    )
+    stage1 = nn.Linear(8, 2)
+    log_prior = torch.log(torch.tensor(TWO_COUNTS, dtype=torch.float32) / sum(TWO_COUNTS))
+    with torch.no_grad():
+        stage1.weight.zero_()
+        stage1.weight[0, 0] = 1.0
+        stage1.bias.copy_(2 * log_prior)
+    return features, stage1, _dataset(TWO_COUNTS, val_labels), np.asarray(test_labels)
+
+
+def test_post_hoc_tau_is_tuned_on_validation_accuracy_not_on_the_test_set():
+    features, stage1, dataset, test_labels = _tuning_problem()
+    head, chosen = decouple.fit_stage2(decouple.Stage2Config(method="post-hoc-la"), stage1, features, dataset)
+    assert chosen["tau"] == 2.0
+    scores = chosen["val_accuracy_by_tau"]
+    assert set(scores) == set(decouple.TAU_GRID_POST_HOC)
+    assert scores[2.0] == 1.0
+    assert all(score < 1.0 for tau, score in scores.items() if tau != 2.0)
+    # The head returned is the one for the chosen tau.
+    expected, _ = decouple.fit_stage2(decouple.Stage2Config(method="post-hoc-la", tau=2.0), stage1, features, dataset)
+    torch.testing.assert_close(head.bias, expected.bias, atol=0, rtol=0)
+    # On the test set tau = 0 would have been best, and 2.0 gets the test's class 0 wrong.
+    zero, _ = decouple.fit_stage2(decouple.Stage2Config(method="post-hoc-la", tau=0.0), stage1, features, dataset)
+    assert (_logits(zero, features.test).argmax(1).numpy() == test_labels).mean() == 1.0
+    assert (_logits(head, features.test).argmax(1).numpy() == test_labels).mean() == 0.5
+
+
+@pytest.mark.parametrize("method", ["post-hoc-la", "tau-norm"])
+def test_tuning_without_a_validation_split_is_a_clear_error(method):
+    features, stage1, dataset, _ = _tuning_problem(with_val=False)
+    with pytest.raises(LongtailError, match="validation split"):
+        decouple.fit_stage2(decouple.Stage2Config(method=method), stage1, features, dataset)
+    # A given tau needs no validation split.
+    head, chosen = decouple.fit_stage2(decouple.Stage2Config(method=method, tau=1.0), stage1, features, dataset)
+    assert chosen == {"tau": 1.0}
+
+
+def test_modified_ce_tunes_tau_over_the_trained_grid_and_records_it():
+    features, stage1, dataset = _gaussian_problem(val_per_class=15)
+    config = decouple.Stage2Config(method="retrain", loss="modified-ce", epochs=3, batch_size=32)
+    head, chosen = decouple.fit_stage2(config, stage1, features, dataset)
+    assert chosen["loss"] == "logit-adjusted"
+    scores = chosen["val_accuracy_by_tau"]
+    assert list(scores) == list(decouple.TAU_GRID_TRAINED)
+    val_labels = dataset.arrays.y_train[dataset.split.val]
+    best = max(scores, key=lambda tau: (scores[tau], -abs(tau - 1.0)))
+    assert chosen["tau"] == best
+    assert (_logits(head, features.val).argmax(1).numpy() == val_labels).mean() == scores[best]
+    # The head returned is the one trained with the recorded tau.
+    fixed, fixed_chosen = decouple.fit_stage2(
+        decouple.Stage2Config(method="retrain", loss="modified-ce", epochs=3, batch_size=32, tau=best),
+        stage1,
+        features,
+        dataset,
+    )
+    assert fixed_chosen == {"loss": "logit-adjusted", "tau": best}
+    torch.testing.assert_close(head.weight, fixed.weight, atol=0, rtol=0)
+    # The heads differ between taus: tuning chose among genuinely different candidates.
+    other_tau = next(tau for tau in decouple.TAU_GRID_TRAINED if tau != best)
+    other, _ = decouple.fit_stage2(
+        decouple.Stage2Config(method="retrain", loss="modified-ce", epochs=3, batch_size=32, tau=other_tau),
+        stage1,
+        features,
+        dataset,
+    )
+    assert not torch.allclose(other.weight, fixed.weight)

@@ -1,0 +1,269 @@
+"""Distributed training (``torchrun``): ranks split each global batch and together take the same step
+as one process taking the whole batch; only rank 0 writes; nothing deadlocks.
+
+Two levels:
+- a simulation of two ranks calling ``train_one_epoch`` (no process group: a probe model records
+  which images each rank saw and its gradient, with a zero learning rate so every step sees the
+  same weights): the ranks take the same number of steps, their shares of each step together are
+  exactly the single-process batch, and the mean of their gradients (what DDP's all-reduce
+  computes) is the single-process gradient, also when a last batch splits unevenly;
+- the real thing: ``torchrun --nproc_per_node 2 -m longtail train`` on CPU (gloo) against one
+  process with the same global batch, compared on the final ``model.pt``.
+
+(The sampler's distributed form itself, every rank taking a disjoint share of one global draw,
+is tested in test_samplers.py; the torchrun run below uses Reweight, so it also checks that the
+ranks' shares of the weighted draw add up to the single process's draw.)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from longtail.data import Arrays, Split
+from longtail.train import Dataset, Runtime, TrainConfig, TrainingState, train_one_epoch
+
+GLOBAL_BATCH = 16
+
+# ---------------------------------------------------------------- two ranks, simulated
+
+
+class Probe(nn.Module):
+    """A linear model on the mean colour that records which images (by the index stamped in
+    their first pixel) each forward pass saw, and every gradient of its weight."""
+
+    def __init__(self, num_classes: int):
+        super().__init__()
+        torch.manual_seed(0)
+        self.fc = nn.Linear(3, num_classes)
+        self.seen: list[list[int]] = []
+        self.grads: list[torch.Tensor] = []
+        self.fc.weight.register_hook(lambda grad: self.grads.append(grad.clone()))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.seen.append(torch.round(x[:, 0, 0, 0] * 255).long().tolist())
+        return self.fc(x.mean(dim=(2, 3)))
+
+
+class SimulatedRank(Runtime):
+    """A rank without a process group: the all-reduce of the epoch metrics is left to the test."""
+
+    def all_sum(self, *values: float) -> list[float]:
+        return list(values)
+
+
+def _probe_dataset(size: int) -> Dataset:
+    rng = np.random.default_rng(size)
+    images = rng.integers(0, 256, (size, 32, 32, 3), dtype=np.uint8)
+    images[:, 0, 0, 0] = np.arange(size)  # the image's index, read back by the probe
+    labels = np.minimum(np.arange(size) // 6, 9).astype(np.int64)  # long-tailed: class 9 holds the rest
+    arrays = Arrays(images, labels, images[:0], labels[:0], tuple(f"c{i}" for i in range(10)), "probe", "probe")
+    counts = np.bincount(labels, minlength=10).tolist()
+    return Dataset(arrays, Split(np.arange(size), np.arange(0), counts, counts), (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
+
+
+def _run_rank(dataset: Dataset, strategy: str, rank: int, world_size: int) -> Probe:
+    probe = Probe(10)
+    config = TrainConfig(strategy=strategy, batch_size=GLOBAL_BATCH, augment=False, seed=3, epochs=1)
+    state = TrainingState(probe, torch.optim.SGD(probe.parameters(), lr=0.0), None)
+    images = torch.from_numpy(dataset.arrays.x_train)
+    labels = torch.from_numpy(dataset.train_labels)
+    runtime = SimulatedRank(torch.device("cpu"), rank, world_size)
+    train_one_epoch(state, probe, config, images, labels, dataset, "train", runtime)
+    return probe
+
+
+@pytest.mark.parametrize("strategy", ["baseline", "reweight"])
+@pytest.mark.parametrize("size", [80, 83, 81], ids=["even", "uneven-tail", "tail-of-one"])
+def test_two_ranks_take_the_single_process_steps(size, strategy):
+    dataset = _probe_dataset(size)
+    single = _run_rank(dataset, strategy, 0, 1)
+    ranks = [_run_rank(dataset, strategy, rank, 2) for rank in range(2)]
+
+    # Same number of steps on every rank, or DDP's all-reduce would wait forever. A last global
+    # batch of one image cannot feed both ranks and is left out (81 = 5 x 16 + 1).
+    assert len(ranks[0].seen) == len(ranks[1].seen)
+    expected_steps = len(single.seen) - (1 if size % GLOBAL_BATCH == 1 else 0)
+    assert len(ranks[0].seen) == expected_steps
+    for step in range(expected_steps):
+        together = sorted(ranks[0].seen[step] + ranks[1].seen[step])
+        assert together == sorted(single.seen[step]), f"step {step}"
+        assert ranks[0].seen[step] and ranks[1].seen[step]
+        # DDP averages the ranks' gradients; that average must be the whole batch's gradient,
+        # also for 83's last batch of 3 split 2 + 1.
+        averaged = (ranks[0].grads[step] + ranks[1].grads[step]) / 2
+        torch.testing.assert_close(averaged, single.grads[step], rtol=1e-5, atol=1e-7)
+
+
+# ---------------------------------------------------------------- torchrun on CPU
+
+# The driver runs ``longtail`` unchanged except for two things. Dropout (the classifier's) and
+# stochastic depth (the MBConv blocks') are set to p = 0: they draw random masks per process, and
+# two ranks cannot draw the masks one process draws for the whole batch, so with them on the
+# runs differ by construction. And an audit hook records every file each process opens for
+# writing, to check that only rank 0 writes the run directory.
+DRIVER = """
+import atexit, json, os, sys
+from torch import nn
+from torchvision.ops import StochasticDepth
+import longtail.train as train_module
+from longtail.cli import main
+
+writes = []
+
+def audit(event, args):
+    if event == "open" and isinstance(args[0], (str, bytes, os.PathLike)):
+        if args[2] & (os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND):
+            writes.append(os.path.abspath(os.fsdecode(args[0])))
+
+sys.addaudithook(audit)
+log = os.path.join(os.environ["WRITES_LOG_DIR"], "writes-rank" + os.environ.get("RANK", "single") + ".json")
+atexit.register(lambda: open(log, "w").write(json.dumps(list(writes))))
+build_model = train_module.build_model
+
+def build_model_without_dropout(*args, **kwargs):
+    model, info = build_model(*args, **kwargs)
+    for module in model.modules():
+        if isinstance(module, (nn.Dropout, StochasticDepth)):
+            module.p = 0.0
+    return model, info
+
+train_module.build_model = build_model_without_dropout
+sys.exit(main(sys.argv[1:]))
+"""
+
+# Tolerances for the final weights, one process vs two (measured: 9e-5 relative, 4.3e-5 max).
+# Why they are not bit-identical: each rank's mean loss over 8 images, all-reduced and halved,
+# is the mean over the 16 in another floating-point summation order; BatchNorm is frozen (the
+# shared weights have folded BN), so batch statistics play no part. Adam then divides each
+# gradient by its own running magnitude, so for a coordinate whose gradient is as small as the
+# rounding noise a step can differ by up to one learning rate (1e-4) -- only the largest single
+# difference shows that; the update as a whole agrees to ~1e-4 relative.
+UPDATE_RTOL = 1e-3  # |(w2 - w0) - (w1 - w0)| / |w1 - w0| over the whole backbone
+MAX_ABS_DIFF = 1e-4  # one Adam step at lr 1e-4 (6 steps moved weights by up to 6e-4)
+
+
+@pytest.fixture(scope="module")
+def lt_subset(tmp_path_factory, cifar10_npz) -> Path:
+    """30 train and 10 test images per class of the real CIFAR-10. With --max-per-class 12
+    --imbalance 2 the long-tailed set has 83 images: 5 global batches of 16 and one of 3, which
+    two ranks split 2 + 1 (the uneven case)."""
+    with np.load(cifar10_npz) as source:
+        arrays = {}
+        for split, per_class in (("train", 30), ("test", 10)):
+            labels = source[f"y_{split}"]
+            keep = np.concatenate([np.flatnonzero(labels == c)[:per_class] for c in range(10)])
+            arrays[f"x_{split}"], arrays[f"y_{split}"] = source[f"x_{split}"][keep], labels[keep]
+    path = tmp_path_factory.mktemp("ddp-data") / "lt.npz"
+    np.savez(path, **arrays)
+    return path
+
+
+def _target(name: str) -> str:
+    """The file an atomic write is for: ``.model.pt.1234.tmp`` -> ``model.pt``."""
+    if name.startswith(".") and name.endswith(".tmp"):
+        return name[1:].rsplit(".", 2)[0]
+    return name
+
+
+def _flat_update(state: dict, initial: dict) -> torch.Tensor:
+    keys = [k for k in initial if k in state and state[k].is_floating_point() and state[k].shape == initial[k].shape]
+    assert len(keys) > 100, "the backbone's keys should match the initial weights"
+    return torch.cat([(state[k].double() - initial[k].double()).flatten() for k in keys])
+
+
+@pytest.mark.skipif(not dist.is_gloo_available(), reason="torch built without gloo")
+def test_torchrun_two_processes_match_one(tmp_path, lt_subset, weights_file, cache_dir):
+    driver = tmp_path / "driver.py"
+    driver.write_text(DRIVER)
+    logs = {"single": tmp_path / "single-logs", "ddp": tmp_path / "ddp-logs"}
+    outs = {"single": tmp_path / "single", "ddp": tmp_path / "ddp"}
+    common = [
+        "train",
+        "--data",
+        str(lt_subset),
+        "--weights",
+        str(weights_file),
+        "--max-per-class",
+        "12",
+        "--imbalance",
+        "2",
+        "--val-per-class",
+        "2",
+        "--strategy",
+        "reweight",
+        "--epochs",
+        "1",
+        "--batch-size",
+        str(GLOBAL_BATCH),
+        "--deterministic",
+        "--no-augment",  # augmentation draws from a per-rank stream
+        "--device",
+        "cpu",
+    ]
+    commands = {
+        "single": [sys.executable, str(driver), *common, "--out", str(outs["single"])],
+        "ddp": [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            str(driver),
+            *common,
+            "--out",
+            str(outs["ddp"]),
+        ],
+    }
+    processes = {}
+    for name, command in commands.items():  # both at once: most of each run is start-up
+        logs[name].mkdir()
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "WRITES_LOG_DIR": str(logs[name])}
+        processes[name] = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    results = {name: process.communicate(timeout=600) for name, process in processes.items()}
+    for name, process in processes.items():
+        stdout, stderr = results[name]
+        assert process.returncode == 0, f"{name} failed:\n{stdout}\n{stderr[-4000:]}"
+        assert "Traceback" not in stderr, f"{name}:\n{stderr[-4000:]}"
+
+    # Every rank finished and only rank 0 wrote into the run directory.
+    ddp = outs["ddp"].resolve()
+    writes = {rank: json.loads((logs["ddp"] / f"writes-rank{rank}.json").read_text()) for rank in (0, 1)}
+    assert not [path for path in writes[1] if Path(path).is_relative_to(ddp)]
+    written = {_target(Path(path).relative_to(ddp).parts[0]) for path in writes[0] if Path(path).is_relative_to(ddp)}
+    assert {"run.json", "checkpoint.pt", "model.pt", "metrics.json", "figures", "tensorboard"} <= written
+    assert len(list((ddp / "tensorboard").iterdir())) == 1  # one SummaryWriter
+    assert not list(ddp.rglob("*.tmp"))
+    for out in outs.values():
+        assert (out / "metrics.json").is_file() and (out / "model.pt").is_file()
+    runs = {name: json.loads((out / "run.json").read_text()) for name, out in outs.items()}
+    assert runs["ddp"]["world_size"] == 2 and runs["single"]["world_size"] == 1
+    assert runs["ddp"]["status"] == runs["single"]["status"] == "finished"
+
+    # The epoch's metrics were gathered from both ranks: the same 83 images, loss and accuracy.
+    (single_epoch,), (ddp_epoch,) = runs["single"]["history"], runs["ddp"]["history"]
+    assert ddp_epoch["loss"] == pytest.approx(single_epoch["loss"], rel=1e-5)
+    assert ddp_epoch["accuracy"] == single_epoch["accuracy"]
+    assert ddp_epoch["val_accuracy"] == single_epoch["val_accuracy"]
+
+    # The final weights.
+    initial = torch.load(weights_file, map_location="cpu", weights_only=True)
+    single_state = torch.load(outs["single"] / "model.pt", weights_only=True)
+    ddp_state = torch.load(outs["ddp"] / "model.pt", weights_only=True)
+    single_update, ddp_update = _flat_update(single_state, initial), _flat_update(ddp_state, initial)
+    assert single_update.abs().max() > 3 * MAX_ABS_DIFF, "training should have moved the weights"
+    assert (ddp_update - single_update).norm() <= UPDATE_RTOL * single_update.norm()
+    differences = {
+        key: (ddp_state[key].double() - value.double()).abs().max().item() for key, value in single_state.items()
+    }
+    assert max(differences.values()) <= MAX_ABS_DIFF, sorted(differences.items(), key=lambda item: item[1])[-3:]

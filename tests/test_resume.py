@@ -1,0 +1,162 @@
+"""Crash and exact resume: a ``longtail train`` killed with SIGKILL mid-epoch and rerun with
+``--resume`` ends with the same weights and metrics, bit for bit, as a run never interrupted.
+Checkpoints are written atomically and hold everything a resume needs.
+
+The runs are real (``python -m longtail train --deterministic`` on real CIFAR-10 images with the
+real pretrained weights), on a tiny subset: 20 to 2 training images per class (79 in all, ten
+steps of 8 per epoch), 2 validation images per class and a 20-per-class test subset of the
+official test set.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from longtail import runs
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+CIFAR10 = SHARED / "data" / "cifar10.npz"
+WEIGHTS = SHARED / "weights" / "efficientnet_b0_imagenet_tfhub.pth"
+EPOCHS = 3
+STEPS_PER_EPOCH = 10  # train counts 20, 15, 12, 9, 7, 5, 4, 3, 2, 2 (79) in batches of 8
+
+
+@pytest.fixture(scope="module")
+def subset(tmp_path_factory) -> Path:
+    """A small .npz of real CIFAR-10 images: 40 train and 20 test images per class."""
+    with np.load(CIFAR10, allow_pickle=False) as archive:
+        x_train, y_train, x_test, y_test = (archive[k] for k in ("x_train", "y_train", "x_test", "y_test"))
+    train = np.concatenate([np.flatnonzero(y_train == c)[:40] for c in range(10)])
+    test = np.concatenate([np.flatnonzero(y_test == c)[:20] for c in range(10)])
+    path = tmp_path_factory.mktemp("data") / "cifar10-subset.npz"
+    np.savez(path, x_train=x_train[train], y_train=y_train[train], x_test=x_test[test], y_test=y_test[test])
+    return path
+
+
+def _command(data: Path, out: Path, cache: Path, *extra: str) -> list[str]:
+    return [
+        sys.executable, "-m", "longtail", "train",
+        "--data", str(data),
+        "--weights", str(WEIGHTS),
+        "--imbalance", "10",
+        "--max-per-class", "20",
+        "--val-per-class", "2",
+        "--image-size", "32",
+        "--batch-size", "8",
+        "--epochs", str(EPOCHS),
+        "--deterministic",
+        "--cache-dir", str(cache),
+        "--out", str(out),
+        *extra,
+    ]  # fmt: skip
+
+
+def _environment(cache: Path) -> dict:
+    # One thread per process: the resumed and the uninterrupted run share the (2) cores, and the
+    # same thread count everywhere keeps the float reductions, and so the bits, the same.
+    return {**os.environ, "LONGTAIL_CACHE": str(cache), "OMP_NUM_THREADS": "1"}
+
+
+def _check(process: subprocess.Popen, timeout: float = 600) -> None:
+    _, err = process.communicate(timeout=timeout)
+    assert process.returncode == 0, err[-3000:]
+
+
+def _kill_mid_epoch_2(process: subprocess.Popen, checkpoint: Path) -> None:
+    """Wait for the epoch-1 checkpoint, then SIGKILL the process part-way through epoch 2.
+
+    Epoch 2 has no warm-up, so it is at least as fast as epoch 1 minus its warm-up; a delay of 30%
+    of epoch 1's training time (read from the checkpoint) lands inside epoch 2's steps.
+    """
+    deadline = time.monotonic() + 600
+    while not checkpoint.exists():
+        assert process.poll() is None, process.communicate()[1][-3000:]
+        assert time.monotonic() < deadline, "no checkpoint after 10 minutes"
+        time.sleep(0.05)
+    epoch_seconds = runs.torch_load(checkpoint)["history"][0]["seconds"]
+    time.sleep(0.3 * epoch_seconds)
+    process.send_signal(signal.SIGKILL)
+    process.communicate(timeout=60)
+    assert process.returncode == -signal.SIGKILL
+
+
+def test_sigkilled_run_resumes_to_the_same_weights_and_metrics(subset, tmp_path):
+    cache = tmp_path / "cache"
+    crashed, reference = tmp_path / "crashed", tmp_path / "reference"
+    env = _environment(cache)
+    pipes = dict(stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+    process = subprocess.Popen(_command(subset, crashed, cache), **pipes)
+    _kill_mid_epoch_2(process, crashed / runs.CHECKPOINT_FILE)
+    # It died before finishing: no final model, run.json still says running, an early checkpoint.
+    assert not (crashed / "model.pt").exists()
+    assert runs.read_json(crashed / runs.RUN_FILE)["status"] == "running"
+    killed_at = runs.torch_load(crashed / runs.CHECKPOINT_FILE)["epoch"]
+    assert 1 <= killed_at < EPOCHS
+    print(f"\nkilled after the checkpoint of epoch {killed_at}")
+
+    # The resumed run and a run never interrupted, side by side.
+    resumed = subprocess.Popen(_command(subset, crashed, cache, "--resume"), **pipes)
+    uninterrupted = subprocess.Popen(_command(subset, reference, cache), **pipes)
+    _check(resumed)
+    _check(uninterrupted)
+
+    got, want = runs.torch_load(crashed / "model.pt"), runs.torch_load(reference / "model.pt")
+    assert got.keys() == want.keys()
+    differing = [name for name in want if not torch.equal(got[name], want[name])]
+    assert not differing, f"{len(differing)} tensors differ after resuming, e.g. {differing[:3]}"
+    # The weights changed from the pretrained start (identical untrained weights would prove nothing).
+    start = torch.load(WEIGHTS, map_location="cpu", weights_only=True)
+    assert not torch.equal(want["features.0.0.weight"], start["features.0.0.weight"])
+
+    assert json.loads((crashed / "metrics.json").read_text()) == json.loads((reference / "metrics.json").read_text())
+
+    def history(run_dir):
+        records = runs.read_json(run_dir / runs.RUN_FILE)["history"]
+        return [{k: v for k, v in r.items() if k not in ("seconds", "images_per_second")} for r in records]
+
+    assert history(crashed) == history(reference)
+    assert [r["epoch"] for r in history(reference)] == list(range(1, EPOCHS + 1))
+
+    # The checkpoint (loaded with weights_only=True) holds what a resume needs.
+    checkpoint = runs.torch_load(reference / runs.CHECKPOINT_FILE)
+    assert {"model", "optimizer", "epoch", "step", "rng", "sampler"} <= checkpoint.keys()
+    assert checkpoint["epoch"] == EPOCHS and checkpoint["step"] == EPOCHS * STEPS_PER_EPOCH
+    assert checkpoint["model"].keys() == want.keys()
+    assert checkpoint["optimizer"]["state"]  # Adam's moments, not just its hyperparameters
+    assert isinstance(checkpoint["rng"]["torch"], torch.Tensor)
+    assert checkpoint["sampler"] == {"name": "instance", "seed": 0, "next_epoch": EPOCHS}
+
+
+# ---------------------------------------------------------------- atomic writes
+
+
+@pytest.mark.parametrize("failing", ["fsync", "replace"])
+def test_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path, monkeypatch, failing):
+    path = tmp_path / runs.CHECKPOINT_FILE
+    runs.atomic_write_bytes(path, b"old checkpoint")
+
+    def crash(*args, **kwargs):
+        raise OSError(f"simulated crash in os.{failing}")
+
+    monkeypatch.setattr(runs.os, failing, crash)
+    with pytest.raises(OSError, match="simulated crash"):
+        runs.atomic_write_bytes(path, b"new checkpoint, half written")
+    monkeypatch.undo()
+
+    assert path.read_bytes() == b"old checkpoint"
+    assert [p.name for p in tmp_path.iterdir()] == [runs.CHECKPOINT_FILE]
+
+    runs.atomic_torch_save(path, {"epoch": 2})
+    assert runs.torch_load(path) == {"epoch": 2}
+    assert [p.name for p in tmp_path.iterdir()] == [runs.CHECKPOINT_FILE]
