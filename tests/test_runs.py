@@ -185,3 +185,14 @@ def test_non_finite_loss_stops_with_last_good_checkpoint(npz, cache, tmp_path, c
         assert run["status"] == "finished"
         assert [record["epoch"] for record in run["history"]] == [1, 2]
         assert runs.torch_load(checkpoint)["step"] == 2 * STEPS_PER_EPOCH
+
+
+def test_last_batch_of_one_image_is_skipped_when_batchnorm_trains(npz, cache, tmp_path, capsys):
+    """17 training images in batches of 16 leave one image; BatchNorm in train mode (random
+    weights) cannot normalise it, so that step is skipped instead of crashing the run."""
+    out = tmp_path / "run"
+    code, err = _train(_train_args(npz, out, cache, "--batch-size", "16"), capsys)
+    assert code == 0, err
+    history = runs.read_json(out / runs.RUN_FILE)["history"]
+    assert len(history) == 1 and history[0]["epoch"] == 1
+    assert torch.load(out / runs.CHECKPOINT_FILE, weights_only=True)["step"] == 1
