@@ -78,7 +78,9 @@ def _run_rank(dataset: Dataset, strategy: str, rank: int, world_size: int) -> Pr
     images = torch.from_numpy(dataset.arrays.x_train)
     labels = torch.from_numpy(dataset.train_labels)
     runtime = SimulatedRank(torch.device("cpu"), rank, world_size)
-    train_one_epoch(state, probe, config, images, labels, dataset, "train", runtime)
+    # "frozen": the probe has no BatchNorm, so no step is skipped for a one-image share
+    # (that BatchNorm case is tested in test_runs.py).
+    train_one_epoch(state, probe, config, images, labels, dataset, "frozen", runtime)
     return probe
 
 

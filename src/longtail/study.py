@@ -162,6 +162,7 @@ def reproduce(
             "config": {
                 "preset": preset,
                 "preset_reason": chosen.reason,
+                "overrides": {k: v for k, v in (("epochs", epochs), ("image_size", image_size)) if v is not None},
                 **dataclasses.asdict(base),
                 "seeds": list(seeds),
                 "extras": extras,
