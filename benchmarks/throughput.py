@@ -35,7 +35,6 @@ import datetime
 import json
 import math
 import os
-import platform
 import statistics
 import time
 from collections.abc import Callable, Iterator
@@ -49,6 +48,7 @@ from torch.utils.data import DataLoader
 from torchvision import transforms
 
 from longtail.models import build_model, resolve_bn_mode, set_train_mode
+from longtail.study import cpu_name
 from longtail.train import Runtime, TrainConfig, TrainingState, load_dataset, predict_logits, train_one_epoch
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
@@ -132,15 +132,7 @@ def images_per_second(run: Callable[[], int], device: torch.device) -> float:
 def describe_device(device: torch.device) -> str:
     if device.type == "cuda":
         return f"cuda ({torch.cuda.get_device_name(device)})"
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"cpu ({cpu}, {os.cpu_count()} cores)"
+    return f"cpu ({cpu_name()}, {os.cpu_count()} cores)"
 
 
 # ---------------------------------------------------------------- main
