@@ -18,6 +18,7 @@ do (see ``BN_MODES``).
 from __future__ import annotations
 
 import hashlib
+import io
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,8 +76,6 @@ def _load_state_dict_file(path: Path) -> tuple[dict, str]:
     except OSError as error:  # e.g. PermissionError
         raise LongtailError(f"weights file {path} cannot be read ({error.strerror}); check its permissions") from error
     try:
-        import io
-
         state = torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises many types for truncated or foreign files
         raise LongtailError(
