@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
 from longtail.errors import LongtailError
+from longtail.runs import atomic_write_bytes
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -63,15 +64,6 @@ def _sha256_arrays(*arrays: np.ndarray) -> str:
     for array in arrays:
         digest.update(np.ascontiguousarray(array).data)
     return digest.hexdigest()
-
-
-def _atomic_write_bytes(path: Path, payload: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as handle:
-        handle.write(payload)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
 
 
 # ---------------------------------------------------------------- loading sources
@@ -255,7 +247,7 @@ def _cached_decode(kind: str, source: Path, fingerprint: str, cache_dir: Path) -
             checksum=np.asarray(_sha256_arrays(*arrays)),
         )
         cache_dir.mkdir(parents=True, exist_ok=True)
-        _atomic_write_bytes(cache, buffer.getvalue())
+        atomic_write_bytes(cache, buffer.getvalue())
     return Arrays(*arrays, class_names=names, fingerprint=fingerprint, source=str(source))
 
 
@@ -436,7 +428,7 @@ def long_tail_split(
     }
     record["checksum"] = _index_checksum(record)
     path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write_bytes(path, json.dumps(record).encode())
+    atomic_write_bytes(path, json.dumps(record).encode())
     return Split(split.train, split.val, split.train_counts, split.profile_counts, path)
 
 

@@ -343,7 +343,7 @@ def train_one_epoch(
         # DDP averages the ranks' gradients; weighting each rank's mean loss by its share of the global
         # batch makes that the global batch's mean gradient even when a last batch splits unevenly.
         share = len(targets) * runtime.world_size / min(global_batch, total - step * global_batch)
-        (loss * share if share != 1 else loss).backward()
+        (loss * share).backward()
         state.optimizer.step()
         if state.ema is not None:
             state.ema.update_parameters(state.model)
