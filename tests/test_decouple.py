@@ -21,6 +21,7 @@ from longtail import data as data_module
 from longtail import decouple
 from longtail.data import Arrays, Split
 from longtail.errors import LongtailError
+from longtail.features import Features, extract_features
 from longtail.losses import build_loss
 from longtail.models import FEATURE_DIM, build_model, pooled_features
 from longtail.train import Dataset, Runtime
@@ -41,7 +42,7 @@ def test_head_on_cached_features_equals_head_through_frozen_backbone():
     runtime = Runtime(torch.device("cpu"))
 
     started = time.perf_counter()
-    cached = decouple.extract_features(model, images, size, mean, std, runtime)[None]  # (views=1, N, 1280)
+    cached = extract_features(model, images, size, mean, std, runtime)[None]  # (views=1, N, 1280)
     extract_seconds = time.perf_counter() - started
     assert cached.shape == (1, 24, FEATURE_DIM)
 
@@ -105,7 +106,7 @@ def _gaussian_problem(val_per_class: int = 10, seed: int = 0):
     train_labels = np.concatenate([np.full(n, c) for c, n in enumerate(COUNTS)])
     val_labels = np.repeat(np.arange(len(COUNTS)), val_per_class)
     test_labels = np.repeat(np.arange(len(COUNTS)), 10)
-    features = decouple.Features(draw(train_labels)[None], draw(val_labels), draw(test_labels))
+    features = Features(draw(train_labels)[None], draw(val_labels), draw(test_labels))
     stage1 = nn.Linear(FEATURE_DIM, len(COUNTS))
     with torch.no_grad():
         stage1.weight.copy_(means + 0.05 * torch.randn(means.shape, generator=generator))
@@ -179,7 +180,7 @@ def _tuning_problem(with_val: bool = True):
     val_labels = [0, 0, 0, 1, 1, 1, 0, 1] if with_val else []
     test_margins = [-1.95 * LOG_RATIO] * 4 + [-3 * LOG_RATIO] * 4
     test_labels = [0] * 4 + [1] * 4
-    features = decouple.Features(
+    features = Features(
         _points([0.0] * sum(TWO_COUNTS))[None],
         _points(val_margins if with_val else []),
         _points(test_margins),

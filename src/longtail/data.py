@@ -18,6 +18,7 @@ files (reading every image would defeat the cache).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
@@ -122,6 +123,14 @@ def _load_npz(path: Path) -> Arrays:
         fingerprint=sha256_file(path),
         source=str(path),
     )
+
+
+@functools.lru_cache(maxsize=2)
+def _load_npz_once(path: str, size: int, mtime_ns: int) -> Arrays:
+    """``_load_npz`` once per process and file version (size and mtime): a study loads the same
+    file for each of its two dozen runs, and decompressing and hashing it takes seconds. The
+    arrays are shared, so nothing may modify them in place."""
+    return _load_npz(Path(path))
 
 
 def _directory_fingerprint(root: Path) -> str:
@@ -274,7 +283,8 @@ def load_arrays(source: str | os.PathLike | None, cache_dir: Path | None = None)
     if not os.access(path, os.R_OK):
         raise LongtailError(f"data path {path} is not readable; check its permissions")
     if path.is_file() and path.suffix == ".npz":
-        return _load_npz(path)
+        stat = path.stat()
+        return _load_npz_once(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
     if path.is_file() and (path.name.endswith((".tar.gz", ".tgz", ".tar"))):
         return _cached_decode("tarball", path, sha256_file(path), cache_dir)
     if path.is_dir() and (path / "cifar-10-batches-py").is_dir():
@@ -450,9 +460,15 @@ def random_crop_flip(images: torch.Tensor, generator: torch.Generator, padding: 
 
 
 def to_model_input(images: torch.Tensor, image_size: int, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    """uint8 (B, H, W, 3) -> normalised float (B, 3, S, S), bilinearly resized, channels_last."""
-    x = images.permute(0, 3, 1, 2).float().div_(255)
-    x = (x - torch.tensor(mean, device=x.device)[:, None, None]) / torch.tensor(std, device=x.device)[:, None, None]
+    """uint8 (B, H, W, 3) -> normalised float (B, 3, S, S), bilinearly resized, channels_last.
+
+    ``(x / 255 - mean) / std`` is one multiply and one add per element on the (B, H, W, 3) layout,
+    and the channel permutation of that layout already is channels_last: the float conversion is
+    the only copy at 32 px.
+    """
+    scale = torch.tensor([1 / (255 * s) for s in std], device=images.device)
+    shift = torch.tensor([-m / s for m, s in zip(mean, std, strict=True)], device=images.device)
+    x = images.float().mul_(scale).add_(shift).permute(0, 3, 1, 2)
     if x.shape[-1] != image_size or x.shape[-2] != image_size:
         x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", align_corners=False)
     return x.contiguous(memory_format=torch.channels_last)

@@ -2,10 +2,11 @@
 Classifier for Long-Tailed Recognition"): keep the stage-1 backbone frozen and fix the classifier.
 
 The backbone (BatchNorm statistics included) never changes in stage 2, so its features are
-computed once per stage-1 run (``features.pt`` in the run directory: the train set without
-augmentation plus ``views`` augmented copies, the validation and the test set) and every
-stage-2 head trains on them in seconds. ``train_head`` takes a feature-fetching function, so
-the same loop also trains through the backbone (the equivalence is tested).
+computed once per stage-1 run and cached (``longtail.features``: the train set without
+augmentation plus ``views`` augmented copies, the validation and the test set; the test
+features come from the stage-1 evaluation) and every stage-2 head trains on them in seconds.
+``train_head`` takes a feature-fetching function, so the same loop also trains through the
+backbone (the equivalence is tested).
 
 Methods (``--method``):
 - ``retrain`` (cRT-style): a re-initialised linear head trained with ``--loss`` and ``--sampler``;
@@ -29,12 +30,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from longtail import data as data_module
 from longtail.errors import LongtailError
+from longtail.features import Features, load_or_extract_features
 from longtail.losses import LOSSES, MODIFIED_CE, build_loss, loss_spec
-from longtail.models import FEATURE_DIM, head_of, make_head, pooled_features
+from longtail.models import head_of, make_head
 from longtail.runs import (
     RUN_FILE,
     RunLock,
@@ -55,7 +58,6 @@ STAGE2_LOSSES = (*LOSSES, "modified-ce", CRT)
 # of the earlier grid (RESULTS.md).
 TAU_GRID_TRAINED = (0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0)
 TAU_GRID_POST_HOC = tuple(round(0.1 * i, 1) for i in range(41))  # 0.0 .. 4.0, free to evaluate
-FEATURES_FILE = "features.pt"
 
 
 @dataclass
@@ -94,67 +96,6 @@ class Stage2Config:
         if self.sampler is not None:
             return self.sampler
         return "class-balanced" if self.loss == CRT or self.method == "lws" else "instance"
-
-
-# ---------------------------------------------------------------- features
-
-
-@dataclass
-class Features:
-    train: torch.Tensor  # (1 + views, N, 1280): view 0 un-augmented
-    val: torch.Tensor
-    test: torch.Tensor
-
-
-@torch.inference_mode()
-def extract_features(
-    model: nn.Module,
-    images: torch.Tensor,
-    image_size: int,
-    mean,
-    std,
-    runtime: Runtime,
-    generator: torch.Generator | None = None,
-    batch_size: int = 256,
-) -> torch.Tensor:
-    """Pooled backbone features of uint8 images (eval mode); augmented when ``generator`` is given."""
-    model.eval()
-    outputs = []
-    for start in range(0, len(images), batch_size):
-        batch = images[start : start + batch_size].to(runtime.device)
-        if generator is not None:
-            batch = data_module.random_crop_flip(batch, generator)
-        with runtime.autocast():
-            outputs.append(
-                pooled_features(model, data_module.to_model_input(batch, image_size, mean, std)).float().cpu()
-            )
-    return torch.cat(outputs) if outputs else torch.empty(0, FEATURE_DIM)
-
-
-def load_or_extract_features(
-    stage1_dir: Path, model, config, dataset: Dataset, views: int, runtime: Runtime
-) -> Features:
-    """The cached features of a stage-1 run, extracted on first use (and when more views are asked)."""
-    path = Path(stage1_dir) / FEATURES_FILE
-    model_sha = read_json(Path(stage1_dir) / RUN_FILE).get("model_sha256")
-    if path.exists():
-        cached = torch_load(path)
-        if cached.get("model_sha256") == model_sha and cached["train"].shape[0] >= 1 + views:
-            return Features(cached["train"][: 1 + views], cached["val"], cached["test"])
-    arrays, split = dataset.arrays, dataset.split
-    train_images = torch.from_numpy(arrays.x_train[split.train])
-    args = (config.image_size, dataset.mean, dataset.std, runtime)
-    train_views = [extract_features(model, train_images, *args)]
-    for view in range(1, views + 1):
-        generator = epoch_generator(config.seed, view, stream=7, device=runtime.device)
-        train_views.append(extract_features(model, train_images, *args, generator=generator))
-    features = Features(
-        torch.stack(train_views),
-        extract_features(model, torch.from_numpy(arrays.x_train[split.val]), *args),
-        extract_features(model, torch.from_numpy(arrays.x_test), *args),
-    )
-    atomic_torch_save(path, {**dataclasses.asdict(features), "model_sha256": model_sha})
-    return features
 
 
 # ---------------------------------------------------------------- head training
@@ -204,6 +145,26 @@ class ScaledLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return (x @ self.weight.t() + self.bias) * self.scales
+
+
+class HeadGrid(nn.Module):
+    """``count`` copies of a linear head trained side by side, one loss each: the forward gives
+    their logits (count, B, C). Each copy is exactly the head that would be trained alone (same
+    start, same batches; the losses add, and Adam works element by element), at one optimizer
+    step per batch instead of ``count``."""
+
+    def __init__(self, head: nn.Linear, count: int):
+        super().__init__()
+        self.weight = nn.Parameter(head.weight.detach().expand(count, -1, -1).clone())
+        self.bias = nn.Parameter(head.bias.detach().expand(count, -1).clone())
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return [F.linear(x, weight, bias) for weight, bias in zip(self.weight, self.bias, strict=True)]
+
+    def heads(self) -> list[nn.Linear]:
+        return [
+            _linear_copy(weight.detach(), bias.detach()) for weight, bias in zip(self.weight, self.bias, strict=True)
+        ]
 
 
 def _fresh_head(num_classes: int, cosine: bool, seed: int) -> nn.Module:
@@ -260,16 +221,16 @@ def fit_stage2(
         cosine = loss_spec(loss_name).cosine_head
         hyper = dict(gamma=config.gamma, beta=config.beta)
         if loss_name == "logit-adjusted" and config.tau is None:
-            candidates = {
-                tau: train_head(
-                    _fresh_head(num_classes, cosine, config.seed),
-                    fetch,
-                    labels,
-                    build_loss(loss_name, counts, tau=tau, **hyper),
-                    **common,
-                )
-                for tau in TAU_GRID_TRAINED
-            }
+            # Every tau of the grid at once: one head per tau, trained on the same batches.
+            losses = [build_loss(loss_name, counts, tau=tau, **hyper) for tau in TAU_GRID_TRAINED]
+            grid = train_head(
+                HeadGrid(_fresh_head(num_classes, cosine, config.seed), len(TAU_GRID_TRAINED)),
+                fetch,
+                labels,
+                lambda logits, y: sum(loss(z, y) for loss, z in zip(losses, logits, strict=True)),
+                **common,
+            )
+            candidates = dict(zip(TAU_GRID_TRAINED, grid.heads(), strict=True))
             tau, scores = _tune(candidates, features, val_labels)
             return candidates[tau], {"loss": loss_name, "tau": tau, "val_accuracy_by_tau": scores}
         hyper["tau"] = 1.0 if config.tau is None else config.tau
@@ -316,7 +277,7 @@ def decouple(
     runtime = Runtime.create()
     # Everything that can fail on bad input happens before the run directory is touched.
     check_run_dir(out, resume=False, overwrite=overwrite)
-    model, stage1_config, dataset, _ = load_trained_model(stage1_dir, runtime, cache_dir)
+    model, stage1_config, dataset, stage1_run = load_trained_model(stage1_dir, runtime, cache_dir)
     if stage1_config.strategy == "ldam-drw" and config.method != "retrain":
         raise LongtailError(
             f"{config.method} needs a linear stage-1 classifier; {stage1_dir} has LDAM's cosine "
@@ -325,7 +286,9 @@ def decouple(
     with RunLock(out):
         prepare_run_dir(out, resume=False, overwrite=overwrite)
         started = time.perf_counter()
-        features = load_or_extract_features(stage1_dir, model, stage1_config, dataset, config.views, runtime)
+        features = load_or_extract_features(
+            stage1_dir, stage1_run.get("model_sha256"), model, stage1_config, dataset, config.views, runtime
+        )
         feature_seconds = time.perf_counter() - started
         started = time.perf_counter()
         head, chosen = fit_stage2(config, head_of(model).cpu(), features, dataset)
@@ -355,8 +318,11 @@ def evaluate_decoupled(
     run = read_json(Path(run_dir) / RUN_FILE)
     if features is None or dataset is None:
         runtime = Runtime.create()
-        model, stage1_config, dataset, _ = load_trained_model(Path(run["stage1"]), runtime, cache_dir)
-        features = load_or_extract_features(Path(run["stage1"]), model, stage1_config, dataset, 0, runtime)
+        stage1_dir = Path(run["stage1"])
+        model, stage1_config, dataset, stage1_run = load_trained_model(stage1_dir, runtime, cache_dir)
+        features = load_or_extract_features(
+            stage1_dir, stage1_run.get("model_sha256"), model, stage1_config, dataset, 0, runtime
+        )
     stored = torch_load(Path(run_dir) / "head.pt")
     head = make_head(dataset.arrays.num_classes, stored["cosine"])
     head.load_state_dict(stored["state_dict"])

@@ -25,10 +25,12 @@ from tqdm import tqdm
 from longtail import data as data_module
 from longtail.data import Arrays, Split
 from longtail.errors import LongtailError
+from longtail.features import INFERENCE_BATCH_SIZE, batched_inference, extract_features, store_test_features
 from longtail.losses import build_loss, class_balanced_weights, loss_spec
 from longtail.metrics import classification_metrics
 from longtail.models import (
     build_model,
+    head_of,
     reestimate_bn_statistics,
     resolve_bn_mode,
     set_train_mode,
@@ -223,18 +225,18 @@ def restore_rng_state(state: dict) -> None:
 # ---------------------------------------------------------------- evaluation helpers
 
 
-@torch.inference_mode()
 def predict_logits(
-    model: nn.Module, images: torch.Tensor, image_size: int, mean, std, runtime: Runtime, batch_size: int = 256
+    model: nn.Module,
+    images: torch.Tensor,
+    image_size: int,
+    mean,
+    std,
+    runtime: Runtime,
+    batch_size: int = INFERENCE_BATCH_SIZE,
 ) -> torch.Tensor:
     """Logits (on CPU, float32) of uint8 images (N, H, W, 3) in eval mode."""
     model.eval()
-    outputs = []
-    for start in range(0, len(images), batch_size):
-        batch = images[start : start + batch_size].to(runtime.device, non_blocking=True)
-        with runtime.autocast():
-            outputs.append(model(data_module.to_model_input(batch, image_size, mean, std)).float().cpu())
-    return torch.cat(outputs)
+    return batched_inference(model, images, image_size, mean, std, runtime, batch_size=batch_size)
 
 
 def save_evaluation(run_dir: Path, y_true, logits: torch.Tensor, dataset: Dataset) -> dict:
@@ -541,10 +543,17 @@ def load_trained_model(run_dir: Path, runtime: Runtime, cache_dir: Path | None =
 
 
 def evaluate_run(run_dir: Path, cache_dir: Path | None = None, runtime: Runtime | None = None) -> dict:
-    """Evaluate a finished stage-1 run on the full balanced test set; writes metrics.json and figures."""
+    """Evaluate a finished stage-1 run on the full balanced test set; writes metrics.json and figures.
+
+    The logits are the classifier applied to the pooled backbone features (the model's forward
+    in eval mode); the features go into the run's feature cache, so stage 2 does not recompute them.
+    """
     runtime = runtime or Runtime.create()
-    model, config, dataset, _ = load_trained_model(run_dir, runtime, cache_dir)
-    logits = predict_logits(
+    model, config, dataset, run = load_trained_model(run_dir, runtime, cache_dir)
+    test_features = extract_features(
         model, torch.from_numpy(dataset.arrays.x_test), config.image_size, dataset.mean, dataset.std, runtime
     )
+    with torch.inference_mode():
+        logits = head_of(model)(test_features.to(runtime.device)).float().cpu()
+    store_test_features(run_dir, run.get("model_sha256"), test_features)
     return save_evaluation(run_dir, dataset.arrays.y_test, logits, dataset)
