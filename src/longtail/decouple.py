@@ -149,7 +149,7 @@ class ScaledLinear(nn.Module):
 
 class HeadGrid(nn.Module):
     """``count`` copies of a linear head trained side by side, one loss each: the forward gives
-    their logits (count, B, C). Each copy is exactly the head that would be trained alone (same
+    a list of their logits, one (B, C) tensor per copy. Each copy is exactly the head that would be trained alone (same
     start, same batches; the losses add, and Adam works element by element), at one optimizer
     step per batch instead of ``count``."""
 

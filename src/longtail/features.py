@@ -91,7 +91,7 @@ def _read_cache(stage1_dir: Path, model_sha: str | None) -> dict:
     return cached if model_sha is not None and cached.get("model_sha256") == model_sha else {}
 
 
-def store_test_features(stage1_dir: Path, model_sha: str, test: torch.Tensor) -> None:
+def store_test_features(stage1_dir: Path, model_sha: str | None, test: torch.Tensor) -> None:
     """Put the test-set features into the run's cache (keeping train/val parts of the same model)."""
     cached = _read_cache(stage1_dir, model_sha)
     record = {"train": torch.empty(0, 0, FEATURE_DIM), "val": None, **cached, "test": test, "model_sha256": model_sha}
@@ -99,7 +99,13 @@ def store_test_features(stage1_dir: Path, model_sha: str, test: torch.Tensor) ->
 
 
 def load_or_extract_features(
-    stage1_dir: Path, model_sha: str, model: nn.Module, config: TrainConfig, dataset: Dataset, views: int, runtime
+    stage1_dir: Path,
+    model_sha: str | None,
+    model: nn.Module,
+    config: TrainConfig,
+    dataset: Dataset,
+    views: int,
+    runtime: Runtime,
 ) -> Features:
     """The features of a stage-1 run with at least ``views`` augmented train copies: what the
     cache holds, and the missing parts extracted (and added to the cache)."""
