@@ -3,20 +3,23 @@
 The study: baseline, Reweight, and five decoupled losses (modified-ce, balanced-softmax, focal,
 class-balanced, cb-focal), each evaluated on the balanced test set.
 
-- longtail: two stage-1 runs (``longtail.train.train``: baseline and Reweight); the five
-  stage-2 heads (``longtail.decouple.decouple``) reuse the baseline run, whose backbone features
-  are extracted once and cached.
+- longtail: what ``longtail reproduce`` runs: two stage-1 runs (``longtail.train.train``:
+  baseline and Reweight); the five stage-2 heads (``longtail.decouple.decouple_many``) reuse the
+  baseline run, whose backbone features are cached, and train side by side.
 - naive: seven stage-1 runs (baseline, Reweight, and a baseline-like re-training before each
   decoupled loss); each stage-2 head is trained with ``longtail.decouple.train_head`` through
   the frozen backbone (a fetch that runs it on every batch, every epoch), then evaluated through
   it. Heads, losses, samplers and hyperparameters are the same as longtail's.
 
-``stage2_speedup`` compares stage 2 of the five losses alone. longtail: the train and validation
-features extracted once (the test features were stored by the baseline's evaluation, which
-computes them on its way to the logits), then every head on cached features, modified-ce
-training one head per tau of its grid; naive: through the backbone, modified-ce at tau 1 only.
-``stage2_speedup_excluding_writing`` leaves out what both sides do alike for each head (test
-metrics, ``metrics.json`` and the per-run figures, timed around ``save_evaluation``).
+``stage2_speedup`` compares stage 2 of the five losses alone. longtail: the train features
+extracted once (the test and validation features were stored by the baseline's stage 1, which
+computes them on its way to the logits), then the heads on cached features, side by side in
+one grid, modified-ce with one head per tau of its grid; naive: each head alone through the
+backbone, modified-ce at tau 1 only.
+Both sides write what ``longtail reproduce`` writes per run: ``metrics.json``, no per-run
+figures (the study draws its figures once, per strategy). ``stage2_speedup_excluding_writing``
+leaves out what both sides do alike for each head (test metrics and ``metrics.json``, timed
+around ``save_evaluation``).
 Stage-2 epochs default to longtail's (30). Everything is written to temporary directories that
 are removed afterwards. The last line of stdout is one JSON object.
 
@@ -40,7 +43,7 @@ import torch
 
 from longtail import decouple as decouple_module
 from longtail.data import load_arrays
-from longtail.decouple import Stage2Config, decouple, train_head
+from longtail.decouple import Stage2Config, decouple_many, train_head
 from longtail.features import extract_features
 from longtail.losses import MODIFIED_CE, build_loss, loss_spec
 from longtail.models import make_head
@@ -116,7 +119,7 @@ def naive_stage2(
     with torch.no_grad():
         logits = head(extract_features(model, torch.from_numpy(dataset.arrays.x_test), *args))
     out.mkdir(parents=True)
-    return writing(out, dataset.arrays.y_test, logits, dataset)
+    return writing(out, dataset.arrays.y_test, logits, dataset, figures=False)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -145,10 +148,8 @@ def main(argv: list[str] | None = None) -> dict:
     load_arrays(args.data, args.cache_dir)
     from torch.utils.tensorboard import SummaryWriter  # noqa: F401
 
-    import longtail.report  # noqa: F401
-
     accuracy: dict[str, dict[str, float]] = {"longtail": {}, "naive": {}}
-    # Test metrics, metrics.json and the per-run figures: the same work for longtail and naive heads.
+    # Test metrics and metrics.json: the same work for longtail and naive heads.
     writing = Stopwatch(save_evaluation)
     with (
         tempfile.TemporaryDirectory(prefix="longtail-study-bench-") as scratch,
@@ -157,13 +158,17 @@ def main(argv: list[str] | None = None) -> dict:
         root = Path(scratch)
 
         started = time.perf_counter()
-        train(base, root / "longtail" / "baseline", cache_dir=args.cache_dir)
-        train(reweight, root / "longtail" / "reweight", cache_dir=args.cache_dir)
+        train(base, root / "longtail" / "baseline", cache_dir=args.cache_dir, figures=False)
+        train(reweight, root / "longtail" / "reweight", cache_dir=args.cache_dir, figures=False)
         stage2_started, writing.seconds = time.perf_counter(), 0.0
-        for loss, config in stage2.items():
-            out = root / "longtail" / f"decoupled-{loss}"
-            metrics = decouple(root / "longtail" / "baseline", config, out, cache_dir=args.cache_dir)
-            accuracy["longtail"][loss] = metrics["accuracy"]
+        outs = {loss: root / "longtail" / f"decoupled-{loss}" for loss in STUDY_LOSSES}
+        metrics = decouple_many(
+            root / "longtail" / "baseline",
+            {outs[loss]: config for loss, config in stage2.items()},
+            cache_dir=args.cache_dir,
+            figures=False,
+        )
+        accuracy["longtail"] = {loss: metrics[outs[loss]]["accuracy"] for loss in STUDY_LOSSES}
         longtail_stage2, longtail_writing = time.perf_counter() - stage2_started, writing.seconds
         longtail_total = time.perf_counter() - started
         records = [read_json(root / "longtail" / f"decoupled-{loss}" / "run.json") for loss in STUDY_LOSSES]
@@ -172,8 +177,8 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"longtail: {longtail_total:.1f} s (stage 2: {longtail_stage2:.1f} s)", flush=True)
 
         started = time.perf_counter()
-        train(base, root / "naive" / "baseline", cache_dir=args.cache_dir)
-        train(reweight, root / "naive" / "reweight", cache_dir=args.cache_dir)
+        train(base, root / "naive" / "baseline", cache_dir=args.cache_dir, figures=False)
+        train(reweight, root / "naive" / "reweight", cache_dir=args.cache_dir, figures=False)
         naive_stage2_seconds, writing.seconds = 0.0, 0.0
         for loss, config in stage2.items():
             stage1_dir = root / "naive" / f"stage1-for-{loss}"

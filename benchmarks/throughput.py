@@ -12,12 +12,12 @@ image size and optimizer (Adam, lr 1e-4):
   and ``DataLoader(num_workers=0)``, default (NCHW) memory format, ``loss.item()`` per step as in
   torchvision's reference scripts.
 
-Evaluation: ``longtail.train.predict_logits`` on uint8 test images versus a bare forward in
-``inference_mode`` on random tensors. Every path uses longtail's autocast (bfloat16 on CUDA,
-none on CPU). ``--channels-last`` sets the model's memory format for the ceiling and longtail
-(longtail's ``to_model_input`` always hands the model channels_last inputs); ``--compile``
-compiles the training forward of the ceiling and longtail (as ``longtail train --compile`` does),
-while evaluation and the reference stay eager.
+Evaluation: ``longtail.features.features_and_logits`` (how longtail evaluates) on uint8 test
+images versus a bare forward in ``inference_mode`` on random tensors. Every path uses
+longtail's autocast (bfloat16 on CUDA, none on CPU). ``--channels-last`` sets the model's
+memory format for the ceiling and longtail (longtail's ``to_model_input`` always hands the
+model channels_last inputs); ``--compile`` compiles the training forward of the ceiling and
+longtail (as ``longtail train --compile`` does), while evaluation and the reference stay eager.
 
 Measurements are interleaved (one round of every path, rotating which goes first, ``--rounds``
 times) and the median of each is reported, so background load affects them alike. The last
@@ -47,9 +47,10 @@ from PIL import Image
 from torch.utils.data import DataLoader
 from torchvision import transforms
 
+from longtail.features import features_and_logits
 from longtail.models import build_model, resolve_bn_mode, set_train_mode
 from longtail.study import cpu_name
-from longtail.train import Runtime, TrainConfig, TrainingState, load_dataset, predict_logits, train_one_epoch
+from longtail.train import Runtime, TrainConfig, TrainingState, load_dataset, train_one_epoch
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 DEFAULT_DATA = os.environ.get("LONGTAIL_DATA", str(SHARED / "data" / "cifar10.npz"))
@@ -226,12 +227,12 @@ def main(argv: list[str] | None = None) -> dict:
             loss.item()
         return seen
 
-    # evaluation: longtail's predict_logits (uint8 CPU images in, as evaluate_run) vs a bare forward
+    # evaluation: longtail's features_and_logits (uint8 CPU images in, as evaluate_run) vs a bare forward
     eval_images = torch.from_numpy(dataset.arrays.x_test[: steps * batch])
     eval_batches = math.ceil(len(eval_images) / batch)
 
     def longtail_eval() -> int:
-        predict_logits(longtail_model, eval_images, size, dataset.mean, dataset.std, runtime, batch_size=batch)
+        features_and_logits(longtail_model, eval_images, size, dataset.mean, dataset.std, runtime, batch_size=batch)
         return len(eval_images)
 
     def ceiling_eval() -> int:
@@ -305,7 +306,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"train reference {median['reference_train']:9.1f} img/s  PIL transforms + DataLoader(num_workers=0), NCHW")
     print(f"eval  ceiling   {median['ceiling_eval']:9.1f} img/s  bare forward, inference_mode")
     print(
-        f"eval  longtail  {median['longtail_eval']:9.1f} img/s  predict_logits on uint8 test images "
+        f"eval  longtail  {median['longtail_eval']:9.1f} img/s  features_and_logits on uint8 test images "
         f"({result['eval_vs_ceiling']:.2f}x ceiling)"
     )
     print(json.dumps(result), flush=True)

@@ -101,6 +101,18 @@ def test_logit_adjusted_tau_2_matches_hand_computed():
     _close(losses.logit_adjusted_cross_entropy(_z(), _y(), COUNTS, tau=tau), sum(expected) / 2)
 
 
+def test_logit_adjusted_over_a_tau_grid_sums_each_heads_own_loss():
+    generator = torch.Generator().manual_seed(1)
+    counts, taus = [500, 120, 40, 9, 3], (0.5, 1.0, 2.5)
+    logits = torch.randn(8, len(taus), 5, generator=generator)  # (B, K, C): one head per tau
+    targets = torch.randint(0, 5, (8,), generator=generator)
+    each = [losses.logit_adjusted_cross_entropy(logits[:, k], targets, counts, tau=tau) for k, tau in enumerate(taus)]
+    grid = losses.logit_adjusted_cross_entropy(logits, targets, counts, tau=taus)
+    torch.testing.assert_close(grid, sum(each), atol=1e-6, rtol=0)
+    with pytest.raises(LongtailError, match=r"shape \(B, 3, C\)"):
+        losses.logit_adjusted_cross_entropy(logits[:, :2], targets, counts, tau=taus)
+
+
 # ---------------------------------------------------------------- focal
 
 

@@ -62,6 +62,17 @@ def test_cosine_head_is_installed():
         assert model(torch.randn(2, 3, 32, 32)).shape == (2, 7)
 
 
+@pytest.mark.parametrize("cosine", [False, True])
+def test_head_from_state_dict_is_the_models_classifier(cosine):
+    torch.manual_seed(0)
+    model, _ = build_model(7, "none", cosine_head=cosine)
+    head = models.head_from_state_dict(model.state_dict(), 7, cosine)
+    assert type(head) is type(models.head_of(model)) and not head.training
+    features = torch.randn(3, models.FEATURE_DIM)
+    with torch.no_grad():
+        torch.testing.assert_close(head(features), models.head_of(model)(features), atol=0, rtol=0)
+
+
 # ---------------------------------------------------------------- the real weights file
 
 

@@ -17,8 +17,11 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from longtail import runs
+from longtail.features import extract_features
+from longtail.train import Runtime, load_trained_model
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 CIFAR10 = SHARED / "data" / "cifar10.npz"
@@ -101,6 +104,19 @@ def test_stage1_beats_chance_on_the_full_test_set_and_writes_every_output(stage1
         assert path.is_file() and path.read_bytes().startswith(b"\x89PNG")
     events = list((stage1 / "tensorboard").glob("events.out.tfevents.*"))
     assert events and all(event.stat().st_size > 0 for event in events)
+
+
+def test_stage1_caches_the_test_and_validation_features_of_its_final_weights(stage1, workspace):
+    # Computed on the way to the test and last-epoch validation logits; stage 2 reads them back.
+    cached = runs.torch_load(stage1 / "features.pt")
+    run = runs.read_json(stage1 / runs.RUN_FILE)
+    assert cached["model_sha256"] == run["model_sha256"]
+    assert cached["test"].shape == (10_000, 1280) and cached["val"].shape == (100, 1280)
+    runtime = Runtime(torch.device("cpu"))
+    model, config, dataset, _ = load_trained_model(stage1, runtime, workspace / "cache")
+    val_images = torch.from_numpy(dataset.arrays.x_train[dataset.split.val])
+    again = extract_features(model, val_images, config.image_size, dataset.mean, dataset.std, runtime)
+    torch.testing.assert_close(cached["val"], again, atol=1e-5, rtol=1e-5)
 
 
 def test_decoupled_balanced_softmax_lifts_few_shot_recall(stage1, workspace):

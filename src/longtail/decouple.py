@@ -3,10 +3,12 @@ Classifier for Long-Tailed Recognition"): keep the stage-1 backbone frozen and f
 
 The backbone (BatchNorm statistics included) never changes in stage 2, so its features are
 computed once per stage-1 run and cached (``longtail.features``: the train set without
-augmentation plus ``views`` augmented copies, the validation and the test set; the test
-features come from the stage-1 evaluation) and every stage-2 head trains on them in seconds.
+augmentation plus ``views`` augmented copies, the validation and the test set; the test and
+validation features come from stage 1) and every stage-2 head trains on them in seconds.
 ``train_head`` takes a feature-fetching function, so the same loop also trains through the
-backbone (the equivalence is tested).
+backbone (the equivalence is tested). ``decouple_many`` fits several heads on one stage-1 run
+at once, and linear heads that see the same batches train side by side in one ``HeadGrid``
+(``longtail reproduce`` fits the study's five losses this way).
 
 Methods (``--method``):
 - ``retrain`` (cRT-style): a re-initialised linear head trained with ``--loss`` and ``--sampler``;
@@ -24,7 +26,8 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,7 +40,7 @@ from longtail import data as data_module
 from longtail.errors import LongtailError
 from longtail.features import Features, load_or_extract_features
 from longtail.losses import LOSSES, MODIFIED_CE, build_loss, loss_spec
-from longtail.models import head_of, make_head
+from longtail.models import make_head
 from longtail.runs import (
     RUN_FILE,
     RunLock,
@@ -49,7 +52,15 @@ from longtail.runs import (
     torch_load,
 )
 from longtail.samplers import SAMPLERS, epoch_generator, epoch_order
-from longtail.train import Dataset, Runtime, load_trained_model, save_evaluation
+from longtail.train import (
+    Dataset,
+    Runtime,
+    TrainConfig,
+    load_finished_stage1,
+    load_trained_classifier,
+    load_trained_model,
+    save_evaluation,
+)
 
 METHODS = ("retrain", "tau-norm", "lws", "post-hoc-la")
 CRT = "crt"  # cross-entropy + class-balanced sampling
@@ -148,22 +159,25 @@ class ScaledLinear(nn.Module):
 
 
 class HeadGrid(nn.Module):
-    """``count`` copies of a linear head trained side by side, one loss each: the forward gives
-    a list of their logits, one (B, C) tensor per copy. Each copy is exactly the head that would be trained alone (same
-    start, same batches; the losses add, and Adam works element by element), at one optimizer
-    step per batch instead of ``count``."""
+    """``count`` copies of a linear head stacked into one layer and trained side by side, one
+    loss each: the forward gives their logits as one (B, count, C) tensor. Each copy is the head
+    that would be trained alone (same start, same batches; the losses add, so each copy's
+    gradient is its own loss's, and Adam works element by element), up to float rounding, at
+    one matrix product and one optimizer step per batch instead of ``count``."""
 
     def __init__(self, head: nn.Linear, count: int):
         super().__init__()
-        self.weight = nn.Parameter(head.weight.detach().expand(count, -1, -1).clone())
-        self.bias = nn.Parameter(head.bias.detach().expand(count, -1).clone())
+        self.count = count
+        self.weight = nn.Parameter(head.weight.detach().repeat(count, 1))
+        self.bias = nn.Parameter(head.bias.detach().repeat(count))
 
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        return [F.linear(x, weight, bias) for weight, bias in zip(self.weight, self.bias, strict=True)]
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight, self.bias).unflatten(1, (self.count, -1))
 
     def heads(self) -> list[nn.Linear]:
         return [
-            _linear_copy(weight.detach(), bias.detach()) for weight, bias in zip(self.weight, self.bias, strict=True)
+            _linear_copy(weight.detach(), bias.detach())
+            for weight, bias in zip(self.weight.chunk(self.count), self.bias.chunk(self.count), strict=True)
         ]
 
 
@@ -195,16 +209,22 @@ def _tune(candidates: dict[float, nn.Module], features: Features, val_labels: np
     return best, scores
 
 
-def fit_stage2(
-    config: Stage2Config, stage1_head: nn.Module, features: Features, dataset: Dataset
-) -> tuple[nn.Module, dict]:
-    """The stage-2 head for ``config`` and a record of what was chosen (tau, validation scores)."""
-    counts = dataset.split.train_counts
-    labels = torch.from_numpy(dataset.train_labels)
-    val_labels = dataset.arrays.y_train[dataset.split.val]
-    num_classes = len(counts)
-    log_prior = torch.log(torch.tensor(counts, dtype=torch.float32) / sum(counts))
-    common = dict(
+def _retrain_loss_name(config: Stage2Config) -> str:
+    return {CRT: "ce", "modified-ce": MODIFIED_CE}.get(config.loss, config.loss)
+
+
+def _trains_in_a_grid(config: Stage2Config) -> bool:
+    """Retrain heads that are plain linear layers (all but LDAM's cosine head) train in a ``HeadGrid``."""
+    return config.method == "retrain" and not loss_spec(_retrain_loss_name(config)).cosine_head
+
+
+def _batches_key(config: Stage2Config) -> tuple:
+    """Heads whose configs agree on this see the same start and the same batches: one grid trains them."""
+    return config.resolved_sampler, config.epochs, config.batch_size, config.lr, config.seed, config.views
+
+
+def _training_options(config: Stage2Config) -> dict:
+    return dict(
         sampler=config.resolved_sampler,
         epochs=config.epochs,
         batch_size=config.batch_size,
@@ -213,40 +233,74 @@ def fit_stage2(
         views=config.views,
     )
 
-    def fetch(positions, views):
-        return features.train[views, positions]
 
-    if config.method == "retrain":
-        loss_name = {CRT: "ce", "modified-ce": MODIFIED_CE}.get(config.loss, config.loss)
-        cosine = loss_spec(loss_name).cosine_head
+def _fetch(features: Features) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    return lambda positions, views: features.train[views, positions]
+
+
+def _fit_retrain_grid(configs: Sequence[Stage2Config], features: Features, dataset: Dataset) -> list[tuple]:
+    """The retrain heads of ``configs`` (all with one ``_batches_key``), trained side by side in
+    one ``HeadGrid``: one head per config, or one per tau of ``TAU_GRID_TRAINED`` for a
+    logit-adjusted loss whose tau is to be tuned on validation."""
+    counts = dataset.split.train_counts
+    blocks = []  # per config: (loss name, its taus, loss on its (B, len(taus), C) block of the logits)
+    for config in configs:
+        loss_name = _retrain_loss_name(config)
         hyper = dict(gamma=config.gamma, beta=config.beta)
         if loss_name == "logit-adjusted" and config.tau is None:
-            # Every tau of the grid at once: one head per tau, trained on the same batches.
-            losses = [build_loss(loss_name, counts, tau=tau, **hyper) for tau in TAU_GRID_TRAINED]
-            grid = train_head(
-                HeadGrid(_fresh_head(num_classes, cosine, config.seed), len(TAU_GRID_TRAINED)),
-                fetch,
-                labels,
-                lambda logits, y: sum(loss(z, y) for loss, z in zip(losses, logits, strict=True)),
-                **common,
-            )
-            candidates = dict(zip(TAU_GRID_TRAINED, grid.heads(), strict=True))
-            tau, scores = _tune(candidates, features, val_labels)
-            return candidates[tau], {"loss": loss_name, "tau": tau, "val_accuracy_by_tau": scores}
-        hyper["tau"] = 1.0 if config.tau is None else config.tau
-        head = train_head(
-            _fresh_head(num_classes, cosine, config.seed),
-            fetch,
-            labels,
-            build_loss(loss_name, counts, **hyper),
-            **common,
-        )
-        return head, {"loss": loss_name, "tau": hyper["tau"] if loss_name == "logit-adjusted" else None}
+            blocks.append((loss_name, TAU_GRID_TRAINED, build_loss(loss_name, counts, tau=TAU_GRID_TRAINED, **hyper)))
+            continue
+        tau = 1.0 if config.tau is None else config.tau
+        single = build_loss(loss_name, counts, tau=tau, **hyper)
+        blocks.append((loss_name, (tau,), lambda logits, y, single=single: single(logits[:, 0], y)))
+    bounds = np.cumsum([0, *(len(taus) for _, taus, _ in blocks)]).tolist()
+    spans = list(zip(bounds[:-1], bounds[1:], strict=True))
 
+    def grid_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return sum(loss(logits[:, a:b], y) for (_, _, loss), (a, b) in zip(blocks, spans, strict=True))
+
+    first = configs[0]
+    grid = train_head(
+        HeadGrid(_fresh_head(len(counts), False, first.seed), bounds[-1]),
+        _fetch(features),
+        torch.from_numpy(dataset.train_labels),
+        grid_loss,
+        **_training_options(first),
+    )
+    heads = grid.heads()
+    val_labels = dataset.arrays.y_train[dataset.split.val]
+    fitted = []
+    for (loss_name, taus, _), (a, b) in zip(blocks, spans, strict=True):
+        if b - a == 1:
+            fitted.append((heads[a], {"loss": loss_name, "tau": taus[0] if loss_name == "logit-adjusted" else None}))
+            continue
+        candidates = dict(zip(taus, heads[a:b], strict=True))
+        tau, scores = _tune(candidates, features, val_labels)
+        fitted.append((candidates[tau], {"loss": loss_name, "tau": tau, "val_accuracy_by_tau": scores}))
+    return fitted
+
+
+def _fit_alone(
+    config: Stage2Config, stage1_head: nn.Module, features: Features, dataset: Dataset
+) -> tuple[nn.Module, dict]:
+    """A stage-2 head that does not train in a grid: LDAM's cosine head, LWS, tau-norm, post-hoc-la."""
+    counts = dataset.split.train_counts
+    labels = torch.from_numpy(dataset.train_labels)
+    if config.method == "retrain":  # a cosine head
+        loss_name = _retrain_loss_name(config)
+        head = train_head(
+            _fresh_head(len(counts), True, config.seed),
+            _fetch(features),
+            labels,
+            build_loss(loss_name, counts, gamma=config.gamma, beta=config.beta),
+            **_training_options(config),
+        )
+        return head, {"loss": loss_name, "tau": None}
     weight, bias = stage1_head.weight.detach(), stage1_head.bias.detach()
     if config.method == "lws":
         scaled = ScaledLinear(weight, bias)
-        train_head(scaled, fetch, labels, build_loss("ce", counts), parameters=[scaled.scales], **common)
+        options = _training_options(config)
+        train_head(scaled, _fetch(features), labels, build_loss("ce", counts), parameters=[scaled.scales], **options)
         scales = scaled.scales.detach()
         return _linear_copy(weight * scales[:, None], bias * scales), {"scales": scales.tolist()}
     if config.method == "tau-norm":
@@ -254,6 +308,7 @@ def fit_stage2(
         def make(tau):
             return _linear_copy(weight / weight.norm(dim=1, keepdim=True).pow(tau), torch.zeros_like(bias))
     else:  # post-hoc-la
+        log_prior = torch.log(torch.tensor(counts, dtype=torch.float32) / sum(counts))
 
         def make(tau):
             return _linear_copy(weight, bias - tau * log_prior)
@@ -261,71 +316,152 @@ def fit_stage2(
     if config.tau is not None:
         return make(config.tau), {"tau": config.tau}
     candidates = {tau: make(tau) for tau in TAU_GRID_POST_HOC}
-    tau, scores = _tune(candidates, features, val_labels)
+    tau, scores = _tune(candidates, features, dataset.arrays.y_train[dataset.split.val])
     return candidates[tau], {"tau": tau, "val_accuracy_by_tau": scores}
+
+
+def fit_stage2_heads(
+    configs: Sequence[Stage2Config], stage1_head: nn.Module, features: Features, dataset: Dataset
+) -> list[tuple[nn.Module, dict]]:
+    """The stage-2 head of each config and a record of what was chosen (tau, validation scores).
+
+    Retrain heads that share their batches (same sampler, epochs, batch size, lr, seed and
+    views) are trained side by side in one ``HeadGrid``, each with its own loss: the same heads
+    as trained one by one, up to float rounding, at one optimizer step per batch for them all.
+    """
+    fitted: list = [None] * len(configs)
+    grids: dict[tuple, list[int]] = {}
+    for index, config in enumerate(configs):
+        if _trains_in_a_grid(config):
+            grids.setdefault(_batches_key(config), []).append(index)
+        else:
+            fitted[index] = _fit_alone(config, stage1_head, features, dataset)
+    for indices in grids.values():
+        for index, result in zip(
+            indices, _fit_retrain_grid([configs[i] for i in indices], features, dataset), strict=True
+        ):
+            fitted[index] = result
+    return fitted
+
+
+def fit_stage2(
+    config: Stage2Config, stage1_head: nn.Module, features: Features, dataset: Dataset
+) -> tuple[nn.Module, dict]:
+    """The stage-2 head for ``config`` and a record of what was chosen (tau, validation scores)."""
+    return fit_stage2_heads([config], stage1_head, features, dataset)[0]
 
 
 # ---------------------------------------------------------------- run directories
 
 
-def decouple(
-    stage1_dir: Path, config: Stage2Config, out: Path, *, overwrite: bool = False, cache_dir: Path | None = None
-) -> dict:
-    """Fit a stage-2 head on a finished stage-1 run; ``out`` gets run.json, head.pt, metrics.json, figures."""
-    config.validate()
-    stage1_dir, out = Path(stage1_dir).resolve(), Path(out)
+def _stage1_features(
+    stage1_dir: Path, stage1_config: TrainConfig, dataset: Dataset, stage1_run: dict, views: int, cache_dir: Path | None
+) -> Features:
+    """The stage-1 run's features; its network is built only when some are not cached yet."""
     runtime = Runtime.create()
-    # Everything that can fail on bad input happens before the run directory is touched.
-    check_run_dir(out, resume=False, overwrite=overwrite)
-    model, stage1_config, dataset, stage1_run = load_trained_model(stage1_dir, runtime, cache_dir)
-    if stage1_config.strategy == "ldam-drw" and config.method != "retrain":
-        raise LongtailError(
-            f"{config.method} needs a linear stage-1 classifier; {stage1_dir} has LDAM's cosine "
-            "head: use --method retrain"
-        )
-    with RunLock(out):
-        prepare_run_dir(out, resume=False, overwrite=overwrite)
+    return load_or_extract_features(
+        stage1_dir,
+        stage1_run.get("model_sha256"),
+        lambda: load_trained_model(stage1_dir, runtime, cache_dir)[0],
+        stage1_config,
+        dataset,
+        views,
+        runtime,
+    )
+
+
+def decouple_many(
+    stage1_dir: Path,
+    runs: Mapping[Path, Stage2Config],
+    *,
+    overwrite: bool = False,
+    cache_dir: Path | None = None,
+    figures: bool = True,
+) -> dict[Path, dict]:
+    """Fit stage-2 heads on one finished stage-1 run, ``runs`` mapping each run directory to its
+    config; each directory gets run.json, head.pt, metrics.json and (with ``figures``) the
+    figures. The features are loaded once and the heads fitted by ``fit_stage2_heads`` (heads
+    that share their batches train side by side); every run records its equal share of the
+    feature and fitting time. Returns each run's test metrics."""
+    for config in runs.values():
+        config.validate()
+    stage1_dir, outs = Path(stage1_dir).resolve(), [Path(out) for out in runs]
+    configs = list(runs.values())
+    # Everything that can fail on bad input happens before a run directory is touched.
+    for out in outs:
+        check_run_dir(out, resume=False, overwrite=overwrite)
+    stage1_config, dataset, stage1_run = load_finished_stage1(stage1_dir, cache_dir)
+    for config in configs:
+        if stage1_config.cosine_head and config.method != "retrain":
+            raise LongtailError(
+                f"{config.method} needs a linear stage-1 classifier; {stage1_dir} has LDAM's cosine "
+                "head: use --method retrain"
+            )
+    stage1_head = load_trained_classifier(stage1_dir, stage1_config, dataset.arrays.num_classes)
+    with ExitStack() as locks:
+        for out in outs:
+            locks.enter_context(RunLock(out))
+            prepare_run_dir(out, resume=False, overwrite=overwrite)
         started = time.perf_counter()
-        features = load_or_extract_features(
-            stage1_dir, stage1_run.get("model_sha256"), model, stage1_config, dataset, config.views, runtime
-        )
+        views = max(config.views for config in configs)
+        features = _stage1_features(stage1_dir, stage1_config, dataset, stage1_run, views, cache_dir)
         feature_seconds = time.perf_counter() - started
         started = time.perf_counter()
-        head, chosen = fit_stage2(config, head_of(model).cpu(), features, dataset)
+        fitted = fit_stage2_heads(configs, stage1_head, features, dataset)
         head_seconds = time.perf_counter() - started
-        cosine = not isinstance(head, nn.Linear)
-        atomic_torch_save(out / "head.pt", {"state_dict": head.state_dict(), "cosine": cosine})
-        atomic_write_json(
-            out / RUN_FILE,
-            {
-                "kind": "decouple",
-                "status": "finished",
-                "stage1": str(stage1_dir),
-                "config": dataclasses.asdict(config),
-                "sampler": config.resolved_sampler,
-                "chosen": chosen,
-                "feature_seconds": feature_seconds,
-                "head_seconds": head_seconds,
-            },
-        )
-        return evaluate_decoupled(out, cache_dir=cache_dir, features=features, dataset=dataset)
+        metrics = {}
+        for out, config, (head, chosen) in zip(outs, configs, fitted, strict=True):
+            cosine = not isinstance(head, nn.Linear)
+            atomic_torch_save(out / "head.pt", {"state_dict": head.state_dict(), "cosine": cosine})
+            atomic_write_json(
+                out / RUN_FILE,
+                {
+                    "kind": "decouple",
+                    "status": "finished",
+                    "stage1": str(stage1_dir),
+                    "config": dataclasses.asdict(config),
+                    "sampler": config.resolved_sampler,
+                    "chosen": chosen,
+                    "feature_seconds": feature_seconds / len(outs),
+                    "head_seconds": head_seconds / len(outs),
+                    "fitted_with": [str(other) for other in outs if other != out],
+                },
+            )
+            metrics[out] = evaluate_decoupled(out, features=features, dataset=dataset, figures=figures)
+        return metrics
+
+
+def decouple(
+    stage1_dir: Path,
+    config: Stage2Config,
+    out: Path,
+    *,
+    overwrite: bool = False,
+    cache_dir: Path | None = None,
+    figures: bool = True,
+) -> dict:
+    """Fit a stage-2 head on a finished stage-1 run; ``out`` gets run.json, head.pt, metrics.json
+    and (with ``figures``) the figures. Returns its test metrics."""
+    return decouple_many(stage1_dir, {Path(out): config}, overwrite=overwrite, cache_dir=cache_dir, figures=figures)[
+        Path(out)
+    ]
 
 
 def evaluate_decoupled(
-    run_dir: Path, cache_dir: Path | None = None, features: Features | None = None, dataset: Dataset | None = None
+    run_dir: Path,
+    cache_dir: Path | None = None,
+    features: Features | None = None,
+    dataset: Dataset | None = None,
+    figures: bool = True,
 ) -> dict:
     """Test metrics of a stage-2 run (from the cached test features of its stage-1 run)."""
-    run = read_json(Path(run_dir) / RUN_FILE)
     if features is None or dataset is None:
-        runtime = Runtime.create()
-        stage1_dir = Path(run["stage1"])
-        model, stage1_config, dataset, stage1_run = load_trained_model(stage1_dir, runtime, cache_dir)
-        features = load_or_extract_features(
-            stage1_dir, stage1_run.get("model_sha256"), model, stage1_config, dataset, 0, runtime
-        )
+        stage1_dir = Path(read_json(Path(run_dir) / RUN_FILE)["stage1"])
+        stage1_config, dataset, stage1_run = load_finished_stage1(stage1_dir, cache_dir)
+        features = _stage1_features(stage1_dir, stage1_config, dataset, stage1_run, 0, cache_dir)
     stored = torch_load(Path(run_dir) / "head.pt")
     head = make_head(dataset.arrays.num_classes, stored["cosine"])
     head.load_state_dict(stored["state_dict"])
     with torch.no_grad():
         logits = head.eval()(features.test)
-    return save_evaluation(run_dir, dataset.arrays.y_test, logits, dataset)
+    return save_evaluation(run_dir, dataset.arrays.y_test, logits, dataset, figures)

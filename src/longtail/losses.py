@@ -80,16 +80,29 @@ def cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
     return F.cross_entropy(logits, targets)
 
 
-def logit_adjusted_cross_entropy(logits: Tensor, targets: Tensor, class_counts, tau: float = 1.0) -> Tensor:
+def logit_adjusted_cross_entropy(
+    logits: Tensor, targets: Tensor, class_counts, tau: float | Sequence[float] = 1.0
+) -> Tensor:
     """Logit-adjusted cross-entropy (Menon et al., ICLR 2021, "Long-tail learning via logit
     adjustment"): ``L = -log softmax(z + tau * log pi)_y``.
 
     Training with the prior added makes the plain logits ``z`` estimate the balanced
     posterior. With ``tau = 1`` it equals Balanced Softmax (the constant ``log sum(n)`` cancels).
+
+    A sequence of K temperatures scores K heads at once: ``logits`` is then (B, K, C), head k's
+    logits trained with ``tau[k]``, and the result is ``sum_k L_k``, each ``L_k`` its batch mean.
     """
     log_prior = torch.log(_counts_tensor(class_counts, logits)).to(logits.dtype)
     log_prior = log_prior - torch.logsumexp(log_prior, dim=0)
-    return F.cross_entropy(logits + tau * log_prior, targets)
+    if isinstance(tau, (int, float)):
+        return F.cross_entropy(logits + tau * log_prior, targets)
+    taus = torch.as_tensor(tau, dtype=logits.dtype, device=logits.device)
+    if logits.ndim != 3 or logits.shape[1] != len(taus):
+        raise LongtailError(
+            f"{len(taus)} temperatures need logits of shape (B, {len(taus)}, C), got {tuple(logits.shape)}"
+        )
+    adjusted = logits + taus[:, None] * log_prior  # (B, K, C)
+    return len(taus) * F.cross_entropy(adjusted.flatten(0, 1), targets.repeat_interleave(len(taus)))
 
 
 def balanced_softmax(logits: Tensor, targets: Tensor, class_counts) -> Tensor:

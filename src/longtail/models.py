@@ -221,3 +221,15 @@ def pooled_features(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
 def head_of(model: nn.Module) -> nn.Module:
     """The final linear (or cosine) layer; ``classifier[0]`` is dropout."""
     return model.classifier[1]
+
+
+HEAD_PREFIX = "classifier.1."  # where ``head_of`` sits in the model's state dict
+
+
+def head_from_state_dict(state: dict, num_classes: int, cosine: bool = False) -> nn.Module:
+    """The classifier (``head_of``) of a model's state dict, in eval mode, without building the model."""
+    head = make_head(num_classes, cosine)
+    head.load_state_dict(
+        {key.removeprefix(HEAD_PREFIX): value for key, value in state.items() if key.startswith(HEAD_PREFIX)}
+    )
+    return head.eval()

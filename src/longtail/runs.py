@@ -53,10 +53,11 @@ def atomic_torch_save(path: Path, obj) -> None:
     atomic_write_bytes(path, buffer.getvalue())
 
 
-def torch_load(path: Path) -> dict:
-    """Load a longtail checkpoint or weights file (tensors and plain types only)."""
+def torch_load(path: Path, mmap: bool = False) -> dict:
+    """Load a longtail checkpoint or weights file (tensors and plain types only); ``mmap``: map the
+    tensors from the file instead of reading them (pages are read when touched)."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except FileNotFoundError as error:
         raise LongtailError(f"{path} does not exist") from error
     except Exception as error:  # truncated or foreign files raise many types

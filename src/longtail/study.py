@@ -4,7 +4,8 @@ Per seed: stage 1 (the baseline) is trained once and reused by every decoupled l
 is its own end-to-end run; ``--extras`` adds the strategies beyond the study. Every piece is
 its own run directory under ``OUT/seed<S>/<strategy>``, so rerunning skips what is finished
 and resumes what is not. Results of all seeds are aggregated into ``results.json``,
-``results.md``, ``figures/`` and ``report.html``.
+``results.md``, ``figures/`` and ``report.html``. The run directories get ``metrics.json`` but no
+figures of their own: the study draws one set per strategy, from its seeds together.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from pathlib import Path
 import torch
 
 from longtail.data import load_arrays
-from longtail.decouple import Stage2Config, decouple
+from longtail.decouple import Stage2Config, decouple_many
 from longtail.errors import LongtailError
 from longtail.metrics import aggregate_seeds
 from longtail.models import build_model
@@ -89,14 +90,20 @@ def hardware_description() -> dict:
 
 def _stage1(config: TrainConfig, out: Path, cache_dir: Path | None) -> dict:
     if run_status(out) != "finished" or not (out / "metrics.json").exists():
-        train(config, out, resume=True, cache_dir=cache_dir)
+        train(config, out, resume=True, cache_dir=cache_dir, figures=False)
     return read_json(out / "metrics.json")
 
 
-def _stage2(stage1: Path, config: Stage2Config, out: Path, cache_dir: Path | None) -> dict:
-    if run_status(out) != "finished" or not (out / "metrics.json").exists():
-        decouple(stage1, config, out, overwrite=True, cache_dir=cache_dir)  # stage 2 takes seconds: redo partial
-    return read_json(out / "metrics.json")
+def _stage2(stage1: Path, configs: dict[str, Stage2Config], seed_dir: Path, cache_dir: Path | None) -> dict:
+    """Metrics of the stage-2 runs ``seed_dir/NAME``, fitted together where not finished."""
+    pending = {
+        seed_dir / name: config
+        for name, config in configs.items()
+        if run_status(seed_dir / name) != "finished" or not (seed_dir / name / "metrics.json").exists()
+    }
+    if pending:  # stage 2 takes seconds: unfinished runs are redone
+        decouple_many(stage1, pending, overwrite=True, cache_dir=cache_dir, figures=False)
+    return {name: read_json(seed_dir / name / "metrics.json") for name in configs}
 
 
 def reproduce(
@@ -144,15 +151,14 @@ def reproduce(
             stage1_dir = seed_dir / "baseline"
             # Cheap stage-2 heads right after the stage 1 they share, so results arrive early.
             runs = {"baseline": _stage1(dataclasses.replace(base, seed=seed), stage1_dir, cache_dir)}
-            for loss in STUDY_LOSSES:
-                name = f"decoupled-{loss}"
-                runs[name] = _stage2(stage1_dir, Stage2Config(loss=loss, seed=seed), seed_dir / name, cache_dir)
+            study_heads = {f"decoupled-{loss}": Stage2Config(loss=loss, seed=seed) for loss in STUDY_LOSSES}
+            runs.update(_stage2(stage1_dir, study_heads, seed_dir, cache_dir))
             runs["reweight"] = _stage1(
                 dataclasses.replace(base, seed=seed, strategy="reweight"), seed_dir / "reweight", cache_dir
             )
             if extras:
-                for name, config in EXTRA_STAGE2.items():
-                    runs[name] = _stage2(stage1_dir, dataclasses.replace(config, seed=seed), seed_dir / name, cache_dir)
+                extra_heads = {name: dataclasses.replace(config, seed=seed) for name, config in EXTRA_STAGE2.items()}
+                runs.update(_stage2(stage1_dir, extra_heads, seed_dir, cache_dir))
                 for strategy in EXTRA_STAGE1:
                     runs[strategy] = _stage1(
                         dataclasses.replace(base, seed=seed, strategy=strategy), seed_dir / strategy, cache_dir

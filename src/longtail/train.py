@@ -25,12 +25,12 @@ from tqdm import tqdm
 from longtail import data as data_module
 from longtail.data import Arrays, Split
 from longtail.errors import LongtailError
-from longtail.features import INFERENCE_BATCH_SIZE, batched_inference, extract_features, store_test_features
+from longtail.features import features_and_logits, store_evaluation_features
 from longtail.losses import build_loss, class_balanced_weights, loss_spec
 from longtail.metrics import classification_metrics
 from longtail.models import (
     build_model,
-    head_of,
+    head_from_state_dict,
     reestimate_bn_statistics,
     resolve_bn_mode,
     set_train_mode,
@@ -111,6 +111,11 @@ class TrainConfig:
             raise LongtailError(f"--lr must be positive, got {self.lr}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise LongtailError(f"--device must be auto, cpu or cuda, got {self.device}")
+
+    @property
+    def cosine_head(self) -> bool:
+        """Whether the strategy's loss needs a cosine classifier (LDAM's)."""
+        return loss_spec(STRATEGIES[self.strategy][0]).cosine_head
 
 
 # ---------------------------------------------------------------- runtime context
@@ -225,29 +230,16 @@ def restore_rng_state(state: dict) -> None:
 # ---------------------------------------------------------------- evaluation helpers
 
 
-def predict_logits(
-    model: nn.Module,
-    images: torch.Tensor,
-    image_size: int,
-    mean,
-    std,
-    runtime: Runtime,
-    batch_size: int = INFERENCE_BATCH_SIZE,
-) -> torch.Tensor:
-    """Logits (on CPU, float32) of uint8 images (N, H, W, 3) in eval mode."""
-    model.eval()
-    return batched_inference(model, images, image_size, mean, std, runtime, batch_size=batch_size)
-
-
-def save_evaluation(run_dir: Path, y_true, logits: torch.Tensor, dataset: Dataset) -> dict:
-    """Write ``metrics.json`` and the figures of a run from its test logits."""
-    from longtail.report import write_run_figures
-
+def save_evaluation(run_dir: Path, y_true, logits: torch.Tensor, dataset: Dataset, figures: bool = True) -> dict:
+    """Write ``metrics.json`` (and, with ``figures``, the run's figures) from its test logits."""
     metrics = classification_metrics(
         y_true, logits.argmax(1).numpy(), dataset.arrays.class_names, dataset.split.train_counts
     )
     atomic_write_json(Path(run_dir) / "metrics.json", metrics)
-    write_run_figures(metrics, run_dir)
+    if figures:
+        from longtail.report import write_run_figures
+
+        write_run_figures(metrics, run_dir)
     return metrics
 
 
@@ -399,17 +391,18 @@ def train(
     overwrite: bool = False,
     cache_dir: Path | None = None,
     evaluate: bool = True,
+    figures: bool = True,
 ) -> Path:
-    """Train stage 1 into ``out`` (resuming from its checkpoint when asked) and evaluate it."""
+    """Train stage 1 into ``out`` (resuming from its checkpoint when asked) and evaluate it
+    (``evaluate``; ``figures``: also draw the run's figures)."""
     config.validate()
     out = Path(out)
     runtime = Runtime.create(config.device)
     # Everything that can fail on bad input happens before the run directory is touched.
     check_run_dir(out, resume=resume, overwrite=overwrite)
     seed_everything(config.seed, config.deterministic)
-    loss_name, _ = STRATEGIES[config.strategy]
     arrays = data_module.load_arrays(config.data, cache_dir)
-    model, info = build_model(arrays.num_classes, config.weights, cosine_head=loss_spec(loss_name).cosine_head)
+    model, info = build_model(arrays.num_classes, config.weights, cosine_head=config.cosine_head)
     dataset = load_dataset(config, info.pretrained, cache_dir, arrays)
     with RunLock(out) if runtime.is_main else nullcontext():
         resuming = prepare_run_dir(out, resume=resume, overwrite=overwrite) if runtime.is_main else resume
@@ -475,6 +468,7 @@ def train(
 
             writer = SummaryWriter(str(out / "tensorboard"))
         val_images = torch.from_numpy(dataset.arrays.x_train[dataset.split.val])
+        val_features = None  # of the latest epoch's weights: the final ones go into the feature cache
         started = time.perf_counter()
         while state.epoch < config.epochs:
             stats = train_one_epoch(state, train_model, config, images, labels, dataset, bn_mode, runtime)
@@ -482,7 +476,7 @@ def train(
             record = {"epoch": state.epoch, **dataclasses.asdict(stats)}
             if len(val_images) and runtime.is_main:  # the other ranks wait at the barrier below
                 eval_model = ema.module if ema is not None else model
-                val_logits = predict_logits(
+                val_features, val_logits = features_and_logits(
                     eval_model, val_images, config.image_size, dataset.mean, dataset.std, runtime
                 )
                 val_true = dataset.arrays.y_train[dataset.split.val]
@@ -513,7 +507,7 @@ def train(
             )
             atomic_write_json(out / RUN_FILE, run)
             if evaluate:
-                evaluate_run(out, cache_dir=cache_dir, runtime=runtime)
+                evaluate_run(out, cache_dir=cache_dir, runtime=runtime, val_features=val_features, figures=figures)
         runtime.barrier()
     return out
 
@@ -521,8 +515,8 @@ def train(
 # ---------------------------------------------------------------- loading finished runs
 
 
-def load_trained_model(run_dir: Path, runtime: Runtime, cache_dir: Path | None = None):
-    """``(model, config, dataset, run_record)`` of a finished stage-1 run, in eval mode."""
+def load_finished_stage1(run_dir: Path, cache_dir: Path | None = None) -> tuple[TrainConfig, Dataset, dict]:
+    """``(config, dataset, run_record)`` of a finished stage-1 run, without building its network."""
     run_dir = Path(run_dir)
     if not (run_dir / RUN_FILE).exists():
         raise LongtailError(
@@ -534,26 +528,44 @@ def load_trained_model(run_dir: Path, runtime: Runtime, cache_dir: Path | None =
     if run.get("status") != "finished":
         raise LongtailError(f"{run_dir} has not finished training; resume it with `longtail train ... --resume`")
     config = TrainConfig(**run["config"])
-    loss_name, _ = STRATEGIES[config.strategy]
-    dataset = load_dataset(config, run["weights"]["pretrained"], cache_dir)
-    model, _ = build_model(dataset.arrays.num_classes, "none", cosine_head=loss_spec(loss_name).cosine_head)
-    model.load_state_dict(torch_load(run_dir / "model.pt"))
+    return config, load_dataset(config, run["weights"]["pretrained"], cache_dir), run
+
+
+def load_trained_model(run_dir: Path, runtime: Runtime, cache_dir: Path | None = None):
+    """``(model, config, dataset, run_record)`` of a finished stage-1 run, in eval mode."""
+    config, dataset, run = load_finished_stage1(run_dir, cache_dir)
+    model, _ = build_model(dataset.arrays.num_classes, "none", cosine_head=config.cosine_head)
+    model.load_state_dict(torch_load(Path(run_dir) / "model.pt"))
     model = model.to(runtime.device, memory_format=torch.channels_last).eval()
     return model, config, dataset, run
 
 
-def evaluate_run(run_dir: Path, cache_dir: Path | None = None, runtime: Runtime | None = None) -> dict:
-    """Evaluate a finished stage-1 run on the full balanced test set; writes metrics.json and figures.
+def load_trained_classifier(run_dir: Path, config: TrainConfig, num_classes: int) -> nn.Module:
+    """The classifier of a finished stage-1 run alone (from ``model.pt``, the network not built)."""
+    state = torch_load(Path(run_dir) / "model.pt", mmap=True)
+    return head_from_state_dict(state, num_classes, config.cosine_head)
+
+
+def evaluate_run(
+    run_dir: Path,
+    cache_dir: Path | None = None,
+    runtime: Runtime | None = None,
+    *,
+    val_features: torch.Tensor | None = None,
+    figures: bool = True,
+) -> dict:
+    """Evaluate a finished stage-1 run on the full balanced test set; writes metrics.json (and
+    the figures, with ``figures``).
 
     The logits are the classifier applied to the pooled backbone features (the model's forward
-    in eval mode); the features go into the run's feature cache, so stage 2 does not recompute them.
+    in eval mode); the features go into the run's feature cache, with ``val_features`` (the
+    final weights' validation features, when training just computed them), so stage 2 does not
+    recompute them.
     """
     runtime = runtime or Runtime.create()
     model, config, dataset, run = load_trained_model(run_dir, runtime, cache_dir)
-    test_features = extract_features(
+    test_features, logits = features_and_logits(
         model, torch.from_numpy(dataset.arrays.x_test), config.image_size, dataset.mean, dataset.std, runtime
     )
-    with torch.inference_mode():
-        logits = head_of(model)(test_features.to(runtime.device)).float().cpu()
-    store_test_features(run_dir, run.get("model_sha256"), test_features)
-    return save_evaluation(run_dir, dataset.arrays.y_test, logits, dataset)
+    store_evaluation_features(run_dir, run.get("model_sha256"), test_features, val_features)
+    return save_evaluation(run_dir, dataset.arrays.y_test, logits, dataset, figures)
