@@ -104,6 +104,8 @@ def test_study_runs_and_reports(real_subset, weights_file, cache_dir, capsys, tm
     assert result["naive_stage2_writing_seconds"] < result["naive_stage2_seconds"]
     assert longtail.decouple.save_evaluation is longtail.train.save_evaluation
     assert result["stage1_runs"] == {"longtail": 2, "naive": 7}
+    assert len(result["longtail_stage2_seconds_each_repeat"]) == 3
+    assert result["longtail_stage2_seconds"] in result["longtail_stage2_seconds_each_repeat"]
     assert set(result["stage2_test_accuracy"]["naive"]) == {
         "modified-ce",
         "balanced-softmax",

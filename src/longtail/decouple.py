@@ -218,11 +218,6 @@ def _trains_in_a_grid(config: Stage2Config) -> bool:
     return config.method == "retrain" and not loss_spec(_retrain_loss_name(config)).cosine_head
 
 
-def _batches_key(config: Stage2Config) -> tuple:
-    """Heads whose configs agree on this see the same start and the same batches: one grid trains them."""
-    return config.resolved_sampler, config.epochs, config.batch_size, config.lr, config.seed, config.views
-
-
 def _training_options(config: Stage2Config) -> dict:
     return dict(
         sampler=config.resolved_sampler,
@@ -232,6 +227,11 @@ def _training_options(config: Stage2Config) -> dict:
         seed=config.seed,
         views=config.views,
     )
+
+
+def _batches_key(config: Stage2Config) -> tuple:
+    """Heads whose configs agree on this see the same start and the same batches: one grid trains them."""
+    return tuple(_training_options(config).items())
 
 
 def _fetch(features: Features) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
