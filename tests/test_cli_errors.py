@@ -1,9 +1,9 @@
 """The command line on bad input: exit code 2, one line on stderr naming the problem, no traceback,
 and nothing written on disk.
 
-Each case has its own LONGTAIL_CACHE, HOME and working directory. Each ``python -m longtail``
-subprocess pays torch's import (the parser imports the training module: about 7 CPU-seconds on the
-2 shared cores), so only an argparse error, the weights files and the permission cases (which must
+Each case has its own LONGTAIL_CACHE, HOME and working directory. The parser needs no torch, but
+a command that checks a value imports the library (torch: about 7 CPU-seconds on the 2 shared
+cores), so only an argparse error, the weights files and the permission cases (which must
 drop root privileges) run in a subprocess; the others call the same entry point,
 ``longtail.cli.main``, in-process. LONGTAIL_TEST_CLI_SUBPROCESS=1 runs every case in a subprocess.
 All cases run once in a module fixture, the subprocesses a few at a time; the tests then read the
@@ -315,3 +315,15 @@ def test_error_writes_nothing(results, case):
     changed = sorted(k for k in set(after) & set(before) if after[k] != before[k])
     removed = sorted(set(before) - set(after))
     assert not created and not changed and not removed, {"created": created, "changed": changed, "removed": removed}
+
+
+def test_help_and_argument_errors_need_no_torch():
+    # `longtail --help` and a mistyped option answer at once: building the parser imports no torch.
+    code = (
+        "import sys; from longtail.cli import build_parser, main; build_parser(); "
+        "assert main(['train', '--out', 'run', '--frobnicate']) == 2; "
+        "assert 'torch' not in sys.modules, 'the parser imported torch'"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "--frobnicate" in result.stderr

@@ -9,6 +9,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from longtail.choices import BN_MODES, DECAY_READINGS, DEFAULT_DECAY_READING, STRATEGIES
 from longtail.errors import LongtailError
 
 
@@ -42,9 +43,6 @@ def _add_data_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_train_options(parser: argparse.ArgumentParser) -> None:
-    from longtail.models import BN_MODES
-    from longtail.train import DECAY_READINGS, DEFAULT_DECAY_READING, STRATEGIES
-
     parser.add_argument("--weights", default="imagenet", help="imagenet, none, or a state-dict file")
     parser.add_argument("--image-size", type=int, default=32, help="input size; 32-px images are upsampled")
     parser.add_argument("--epochs", type=int, default=30)

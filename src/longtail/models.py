@@ -28,15 +28,10 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models import EfficientNet_B0_Weights, efficientnet_b0
 
+from longtail.choices import BN_MODES
 from longtail.errors import LongtailError
 
 FEATURE_DIM = 1280
-# "frozen": BN layers always run in eval mode (running statistics fixed, affine parameters
-#   still trained) -- measured best for folded checkpoints (RESULTS.md, "BatchNorm handling").
-# "reestimate": first re-estimate BN statistics on training images, function-preservingly,
-#   then train BN normally. "train": ordinary BN training (right for real BN statistics).
-# "auto": "frozen" for folded checkpoints, "train" otherwise.
-BN_MODES = ("auto", "frozen", "reestimate", "train")
 FOLDED_BN_DEFAULT = "frozen"
 
 

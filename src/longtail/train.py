@@ -23,6 +23,7 @@ from torch import nn
 from tqdm import tqdm
 
 from longtail import data as data_module
+from longtail.choices import DECAY_READINGS, DEFAULT_DECAY_READING, STRATEGIES
 from longtail.data import Arrays, Split
 from longtail.errors import LongtailError
 from longtail.features import features_and_logits, store_evaluation_features
@@ -49,23 +50,6 @@ from longtail.runs import (
 from longtail.samplers import epoch_generator, epoch_order
 
 # ---------------------------------------------------------------- configuration
-
-# The study's "weight decay 0.9999" read four ways (ablated in RESULTS.md). 0.9999 is the
-# value of ``decay_value`` in every reading.
-DECAY_READINGS = {
-    "cb-beta": "no weight decay; 0.9999 is the Class-Balanced beta of the class-balanced losses",
-    "l2": "Adam(weight_decay=0.9999): literal L2 coupled into the gradient",
-    "adamw": "AdamW(weight_decay=0.9999): decoupled decay, weights shrink by lr*0.9999 per step",
-    "ema": "no weight decay; evaluate an exponential moving average of the weights, decay 0.9999",
-}
-DEFAULT_DECAY_READING = "cb-beta"
-
-# End-to-end strategies: (loss, sampler).
-STRATEGIES = {
-    "baseline": ("ce", "instance"),
-    "reweight": ("ce", "class-balanced"),  # the study's Reweight: WeightedRandomSampler
-    "ldam-drw": ("ldam", "instance"),  # Cao et al. 2019, class-balanced weights after drw_start
-}
 
 
 @dataclass
