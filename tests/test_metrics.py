@@ -7,8 +7,10 @@ import json
 import numpy as np
 import pytest
 
+from longtail import report
 from longtail.errors import LongtailError
 from longtail.metrics import HEADLINE, aggregate_seeds, classification_metrics, frequency_groups, headline
+from longtail.report import COMPARISON_HEADER
 
 CIFAR10_LT_100 = [5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50]
 
@@ -120,6 +122,21 @@ def test_group_accuracy_is_mean_recall_of_its_classes():
     assert m["groups"]["medium"] == pytest.approx(np.mean(recall[3:7]), abs=1e-12)
     assert m["groups"]["few"] == pytest.approx(np.mean(recall[7:10]), abs=1e-12)
     assert len({m["groups"]["many"], m["groups"]["medium"], m["groups"]["few"]}) == 3
+
+
+def test_two_classes_leave_the_medium_group_empty_and_the_json_strict():
+    y_true, y_pred = np.array([0, 0, 1, 1]), np.array([0, 1, 1, 1])
+    m = classification_metrics(y_true, y_pred, ["head", "tail"], [90, 10])
+    assert m["group_classes"] == {"many": [0], "medium": [], "few": [1]}
+    assert m["groups"] == {"many": 0.5, "medium": None, "few": 1.0}
+    combined = aggregate_seeds([m, m], [0, 1])
+    assert combined["groups"]["medium"] is None
+    assert combined["mean"]["medium"] is None and combined["std"]["medium"] is None
+    assert combined["mean"]["many"] == 0.5
+    json.dumps(combined, allow_nan=False)  # null, never NaN
+    row = report.comparison_rows({"baseline": combined})[0]
+    assert row[COMPARISON_HEADER.index("Medium")] == "—"
+    assert row[COMPARISON_HEADER.index("Many")] == "50.00 ± 0.00"
 
 
 # ---------------------------------------------------------------- seeds

@@ -217,11 +217,10 @@ def _command_reproduce(args) -> None:
 
 
 def _print_summary(metrics: dict, run_dir: Path) -> None:
-    groups = metrics["groups"]
+    groups = "/".join("—" if value is None else f"{value:.3f}" for value in metrics["groups"].values())
     print(
         f"accuracy {metrics['accuracy']:.4f}, balanced accuracy {metrics['balanced_accuracy']:.4f}, "
-        f"many/medium/few {groups['many']:.3f}/{groups['medium']:.3f}/{groups['few']:.3f} "
-        f"-> {run_dir / 'metrics.json'}"
+        f"{'/'.join(metrics['groups'])} {groups} -> {run_dir / 'metrics.json'}"
     )
 
 

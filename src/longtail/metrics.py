@@ -8,8 +8,9 @@
   (unweighted, or weighted by test support).
 - ``confusion_matrix``: counts, rows = true class, columns = predicted class;
   ``confusion_matrix_normalized``: each row divided by its total (row = recall profile).
-- ``groups``: ``many``/``medium``/``few`` accuracy (mean recall of the classes in the group),
-  and ``group_classes``: which classes form each group (stated in the file).
+- ``groups``: ``many``/``medium``/``few`` accuracy (mean recall of the classes in the group;
+  ``null`` for a group with no class, as ``medium`` with fewer than three classes), and
+  ``group_classes``: which classes form each group (stated in the file).
 - ``class_names`` and ``train_counts``.
 """
 
@@ -110,7 +111,7 @@ def classification_metrics(
         "weighted": averaged["weighted"],
         "confusion_matrix": counts.tolist(),
         "confusion_matrix_normalized": row_normalize(counts).tolist(),
-        "groups": {name: float(np.mean(recall[members])) for name, members in groups.items()},
+        "groups": {name: float(np.mean(recall[members])) if members else None for name, members in groups.items()},
         "group_classes": groups,
         "class_names": list(class_names),
         "train_counts": [int(c) for c in train_counts],
@@ -136,7 +137,7 @@ def aggregate_seeds(per_seed: Sequence[dict], seeds: Sequence[int]) -> dict:
     The result has every key of a single ``metrics.json``, where lists and scalars are the mean
     over seeds and ``confusion_matrix`` is the sum of counts (its normalised form recomputed);
     plus ``seeds``, ``per_seed`` (the individual metrics) and ``mean``/``std`` of the
-    ``HEADLINE`` numbers (population std, 0 for one seed).
+    ``HEADLINE`` numbers (population std, 0 for one seed; ``None`` for an empty frequency group).
     """
     if not per_seed or len(per_seed) != len(seeds):
         raise LongtailError(f"need one metrics dict per seed, got {len(per_seed)} for seeds {list(seeds)}")
@@ -144,6 +145,10 @@ def aggregate_seeds(per_seed: Sequence[dict], seeds: Sequence[int]) -> dict:
 
     def mean_of(values):
         return np.mean(np.asarray(values, dtype=float), axis=0).tolist()
+
+    def over_seeds(statistic, key):  # None where the number is None (an empty frequency group)
+        values = [h[key] for h in headlines]
+        return None if None in values else float(statistic(values))
 
     counts = np.sum([m["confusion_matrix"] for m in per_seed], axis=0)
     headlines = [headline(m) for m in per_seed]
@@ -155,12 +160,12 @@ def aggregate_seeds(per_seed: Sequence[dict], seeds: Sequence[int]) -> dict:
         "weighted": {k: mean_of([m["weighted"][k] for m in per_seed]) for k in first["weighted"]},
         "confusion_matrix": counts.tolist(),
         "confusion_matrix_normalized": row_normalize(counts).tolist(),
-        "groups": {k: mean_of([m["groups"][k] for m in per_seed]) for k in first["groups"]},
+        "groups": {k: over_seeds(np.mean, k) for k in first["groups"]},
         "group_classes": first["group_classes"],
         "class_names": first["class_names"],
         "train_counts": first["train_counts"],
         "seeds": [int(s) for s in seeds],
         "per_seed": list(per_seed),
-        "mean": {k: float(np.mean([h[k] for h in headlines])) for k in HEADLINE},
-        "std": {k: float(np.std([h[k] for h in headlines])) for k in HEADLINE},
+        "mean": {k: over_seeds(np.mean, k) for k in HEADLINE},
+        "std": {k: over_seeds(np.std, k) for k in HEADLINE},
     }

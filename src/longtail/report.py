@@ -44,7 +44,7 @@ PER_CLASS_HEADER = ("Class", "Train count", "Precision", "Recall", "F1")
 
 _MEAN_STD_KEYS = ("weighted_precision", "weighted_recall", "weighted_f1", "macro_f1", "many", "medium", "few")
 _METRIC_LABELS = {"accuracy": "Top-1", "weighted_f1": "Weighted F1"}
-_NOT_REPORTED = "—"
+_NONE = "—"  # a number the study did not report, or a frequency group with no class
 _DPI = 100
 
 
@@ -187,7 +187,9 @@ def _pct(value: float) -> str:
 
 
 def _mean_std(entry: dict, key: str) -> str:
-    """``mean ± std`` over seeds of a headline number, in %."""
+    """``mean ± std`` over seeds of a headline number, in % (``—`` where it has none)."""
+    if entry["mean"][key] is None:
+        return _NONE
     return f"{_pct(entry['mean'][key])} ± {_pct(entry['std'][key])}"
 
 
@@ -197,7 +199,7 @@ def _comparison_row(name: str, entry: dict, baseline_accuracy: float | None) -> 
     delta = "" if baseline_accuracy is None else f"{100 * (entry['mean']['accuracy'] - baseline_accuracy):+.2f}"
     return [
         name,
-        _NOT_REPORTED if study is None else _pct(study),
+        _NONE if study is None else _pct(study),
         f"{_mean_std(entry, 'accuracy')} (n={len(entry['seeds'])})",
         delta,
         *(_mean_std(entry, key) for key in _MEAN_STD_KEYS),
