@@ -59,6 +59,29 @@ def weights_file() -> Path:
     return WEIGHTS
 
 
+@pytest.fixture(scope="session")
+def cifar10_subset(tmp_path_factory, cifar10_npz):
+    """``cifar10_subset(train_per_class, test_per_class)``: the path of an .npz holding the first
+    that many train and test images of every class of the real CIFAR-10 (class by class), made
+    once per session for each pair."""
+    made: dict[tuple[int, int], Path] = {}
+
+    def make(train_per_class: int, test_per_class: int) -> Path:
+        key = (train_per_class, test_per_class)
+        if key not in made:
+            with np.load(cifar10_npz, allow_pickle=False) as source:
+                arrays = {}
+                for split, per_class in (("train", train_per_class), ("test", test_per_class)):
+                    labels = source[f"y_{split}"]
+                    keep = np.concatenate([np.flatnonzero(labels == c)[:per_class] for c in range(10)])
+                    arrays[f"x_{split}"], arrays[f"y_{split}"] = source[f"x_{split}"][keep], labels[keep]
+            made[key] = tmp_path_factory.mktemp("cifar10-subset") / f"cifar10-{train_per_class}-{test_per_class}.npz"
+            np.savez(made[key], **arrays)
+        return made[key]
+
+    return make
+
+
 def tiny_dataset(num_classes: int = 10, train_per_class: int = 6, test_per_class: int = 2, seed: int = 0) -> dict:
     """Random 32x32 uint8 images grouped by class (class 0 first), as the arrays of an .npz."""
     rng = np.random.default_rng(seed)

@@ -15,7 +15,6 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 import longtail.decouple
@@ -35,17 +34,9 @@ def _script(name: str):
 
 
 @pytest.fixture(scope="module")
-def real_subset(tmp_path_factory, cifar10_npz) -> Path:
+def real_subset(cifar10_subset) -> Path:
     """The first 6 train and 2 test images of every class of the real CIFAR-10."""
-    with np.load(cifar10_npz) as source:
-        arrays = {}
-        for split, per_class in (("train", 6), ("test", 2)):
-            labels = source[f"y_{split}"]
-            keep = np.concatenate([np.flatnonzero(labels == c)[:per_class] for c in range(10)])
-            arrays[f"x_{split}"], arrays[f"y_{split}"] = source[f"x_{split}"][keep], labels[keep]
-    path = tmp_path_factory.mktemp("bench-data") / "subset.npz"
-    np.savez(path, **arrays)
-    return path
+    return cifar10_subset(6, 2)
 
 
 def _last_json_line(capsys) -> dict:

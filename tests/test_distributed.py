@@ -155,19 +155,11 @@ MAX_ABS_DIFF = 1e-4  # one Adam step at lr 1e-4 (6 steps moved weights by up to 
 
 
 @pytest.fixture(scope="module")
-def lt_subset(tmp_path_factory, cifar10_npz) -> Path:
+def lt_subset(cifar10_subset) -> Path:
     """30 train and 10 test images per class of the real CIFAR-10. With --max-per-class 12
     --imbalance 2 the long-tailed set has 83 images: 5 global batches of 16 and one of 3, which
     two ranks split 2 + 1 (the uneven case)."""
-    with np.load(cifar10_npz) as source:
-        arrays = {}
-        for split, per_class in (("train", 30), ("test", 10)):
-            labels = source[f"y_{split}"]
-            keep = np.concatenate([np.flatnonzero(labels == c)[:per_class] for c in range(10)])
-            arrays[f"x_{split}"], arrays[f"y_{split}"] = source[f"x_{split}"][keep], labels[keep]
-    path = tmp_path_factory.mktemp("ddp-data") / "lt.npz"
-    np.savez(path, **arrays)
-    return path
+    return cifar10_subset(30, 10)
 
 
 def _target(name: str) -> str:

@@ -18,29 +18,21 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
 from longtail import runs
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-CIFAR10 = SHARED / "data" / "cifar10.npz"
 WEIGHTS = SHARED / "weights" / "efficientnet_b0_imagenet_tfhub.pth"
 EPOCHS = 3
 STEPS_PER_EPOCH = 10  # train counts 20, 15, 12, 9, 7, 5, 4, 3, 2, 2 (79) in batches of 8
 
 
 @pytest.fixture(scope="module")
-def subset(tmp_path_factory) -> Path:
+def subset(cifar10_subset) -> Path:
     """A small .npz of real CIFAR-10 images: 40 train and 20 test images per class."""
-    with np.load(CIFAR10, allow_pickle=False) as archive:
-        x_train, y_train, x_test, y_test = (archive[k] for k in ("x_train", "y_train", "x_test", "y_test"))
-    train = np.concatenate([np.flatnonzero(y_train == c)[:40] for c in range(10)])
-    test = np.concatenate([np.flatnonzero(y_test == c)[:20] for c in range(10)])
-    path = tmp_path_factory.mktemp("data") / "cifar10-subset.npz"
-    np.savez(path, x_train=x_train[train], y_train=y_train[train], x_test=x_test[test], y_test=y_test[test])
-    return path
+    return cifar10_subset(40, 20)
 
 
 def _command(data: Path, out: Path, cache: Path, *extra: str) -> list[str]:

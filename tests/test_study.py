@@ -13,14 +13,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from longtail import runs
 from longtail.features import FEATURES_FILE
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-CIFAR10 = SHARED / "data" / "cifar10.npz"
 WEIGHTS = SHARED / "weights" / "efficientnet_b0_imagenet_tfhub.pth"
 STRATEGIES = [
     "baseline",
@@ -36,14 +34,8 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def subset(tmp_path_factory) -> Path:
-    with np.load(CIFAR10, allow_pickle=False) as archive:
-        x_train, y_train, x_test, y_test = (archive[k] for k in ("x_train", "y_train", "x_test", "y_test"))
-    train = np.concatenate([np.flatnonzero(y_train == c)[:250] for c in range(10)])
-    test = np.concatenate([np.flatnonzero(y_test == c)[:30] for c in range(10)])
-    path = tmp_path_factory.mktemp("data") / "cifar10-subset.npz"
-    np.savez(path, x_train=x_train[train], y_train=y_train[train], x_test=x_test[test], y_test=y_test[test])
-    return path
+def subset(cifar10_subset) -> Path:
+    return cifar10_subset(250, 30)
 
 
 def _reproduce(data: Path, out: Path, cache: Path) -> subprocess.CompletedProcess:
