@@ -427,7 +427,7 @@ def decouple_many(
                     "fitted_with": [str(other) for other in outs if other != out],
                 },
             )
-            metrics[out] = evaluate_decoupled(out, features=features, dataset=dataset, figures=figures)
+            metrics[out] = _evaluate_head(out, head, features, dataset, figures)
         return metrics
 
 
@@ -462,6 +462,11 @@ def evaluate_decoupled(
     stored = torch_load(Path(run_dir) / "head.pt")
     head = make_head(dataset.arrays.num_classes, stored["cosine"])
     head.load_state_dict(stored["state_dict"])
+    return _evaluate_head(run_dir, head, features, dataset, figures)
+
+
+def _evaluate_head(run_dir: Path, head: nn.Module, features: Features, dataset: Dataset, figures: bool) -> dict:
+    """Test metrics of ``head`` on the cached test features, written into ``run_dir``."""
     with torch.no_grad():
         logits = head.eval()(features.test)
     return save_evaluation(run_dir, dataset.arrays.y_test, logits, dataset, figures)

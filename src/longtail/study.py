@@ -88,19 +88,20 @@ def hardware_description() -> dict:
     return description
 
 
+def _finished(run_dir: Path) -> bool:
+    """Finished and evaluated: a rerun of the study reuses it as it is."""
+    return run_status(run_dir) == "finished" and (run_dir / "metrics.json").exists()
+
+
 def _stage1(config: TrainConfig, out: Path, cache_dir: Path | None) -> dict:
-    if run_status(out) != "finished" or not (out / "metrics.json").exists():
+    if not _finished(out):
         train(config, out, resume=True, cache_dir=cache_dir, figures=False)
     return read_json(out / "metrics.json")
 
 
 def _stage2(stage1: Path, configs: dict[str, Stage2Config], seed_dir: Path, cache_dir: Path | None) -> dict:
     """Metrics of the stage-2 runs ``seed_dir/NAME``, fitted together where not finished."""
-    pending = {
-        seed_dir / name: config
-        for name, config in configs.items()
-        if run_status(seed_dir / name) != "finished" or not (seed_dir / name / "metrics.json").exists()
-    }
+    pending = {seed_dir / name: config for name, config in configs.items() if not _finished(seed_dir / name)}
     if pending:  # stage 2 takes seconds: unfinished runs are redone
         decouple_many(stage1, pending, overwrite=True, cache_dir=cache_dir, figures=False)
     return {name: read_json(seed_dir / name / "metrics.json") for name in configs}
