@@ -50,7 +50,15 @@ from longtail.features import FEATURES_FILE, extract_features
 from longtail.losses import MODIFIED_CE, build_loss, loss_spec
 from longtail.models import make_head
 from longtail.runs import atomic_torch_save, read_json, torch_load
-from longtail.train import Runtime, TrainConfig, load_trained_model, save_evaluation, train
+from longtail.train import (
+    Runtime,
+    TrainConfig,
+    class_balanced_beta,
+    load_trained_model,
+    run_test_size,
+    save_evaluation,
+    train,
+)
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 DEFAULT_DATA = os.environ.get("LONGTAIL_DATA", str(SHARED / "data" / "cifar10.npz"))
@@ -102,13 +110,13 @@ def naive_stage2(
     stage1_dir: Path, config: Stage2Config, out: Path, runtime: Runtime, cache_dir: Path | None, writing: Stopwatch
 ) -> dict:
     """``fit_stage2``'s retrain head for ``config.loss``, trained and evaluated through the frozen backbone."""
-    model, stage1_config, dataset, _ = load_trained_model(stage1_dir, runtime, cache_dir)
+    model, stage1_config, dataset, run = load_trained_model(stage1_dir, runtime, cache_dir)
     counts = dataset.split.train_counts
     loss_name = MODIFIED_CE if config.loss == "modified-ce" else config.loss
     torch.manual_seed(config.seed)
     head = make_head(len(counts), loss_spec(loss_name).cosine_head)
     train_images = torch.from_numpy(dataset.arrays.x_train[dataset.split.train])
-    args = (stage1_config.image_size, dataset.mean, dataset.std, runtime)
+    args = (run_test_size(run, stage1_config), dataset.mean, dataset.std, runtime)  # as longtail's features
 
     def through_backbone(positions, views):
         return extract_features(model, train_images[positions], *args).clone()  # clone: leave inference mode
@@ -117,7 +125,7 @@ def naive_stage2(
         head,
         through_backbone,
         torch.from_numpy(dataset.train_labels),
-        build_loss(loss_name, counts, gamma=config.gamma, beta=config.beta, tau=1.0),
+        build_loss(loss_name, counts, gamma=config.gamma, beta=class_balanced_beta(stage1_config), tau=1.0),
         sampler=config.resolved_sampler,
         epochs=config.epochs,
         batch_size=config.batch_size,

@@ -30,3 +30,33 @@ STRATEGIES = {
 #   then train BN normally. "train": ordinary BN training (right for real BN statistics).
 # "auto": "frozen" for folded checkpoints, "train" otherwise.
 BN_MODES = ("auto", "frozen", "reestimate", "train")
+
+# Long-tail profiles of the training subset (``longtail.data.long_tail_counts``).
+PROFILES = ("exp", "step")
+
+# Epoch orders (``longtail.samplers``).
+SAMPLERS = ("instance", "class-balanced")
+
+# Losses by name (``longtail.losses.LOSSES`` builds them), and what stage 2 accepts besides:
+# "modified-ce" (the study's undefined loss, see ``longtail.losses.MODIFIED_CE``) and "crt"
+# (cross-entropy with class-balanced sampling, Kang et al.).
+LOSS_NAMES = (
+    "ce",
+    "balanced-softmax",
+    "focal",
+    "class-balanced",
+    "cb-focal",
+    "logit-adjusted",
+    "inverse-frequency-ce",
+    "ldam",
+)
+STAGE2_LOSSES = (*LOSS_NAMES, "modified-ce", "crt")
+STAGE2_METHODS = ("retrain", "tau-norm", "lws", "post-hoc-la")
+
+# Learning-rate schedules of stage 1. "constant" is the study's (Adam at lr throughout);
+# "cosine" is a named deviation: linear warm-up over the first epoch, then half a cosine to 0.
+LR_SCHEDULES = ("constant", "cosine")
+
+# Test-time augmentation: "flip" averages the logits of each image and its mirror, reported
+# beside (never instead of) the plain numbers.
+TTA_MODES = ("none", "flip")

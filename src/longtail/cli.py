@@ -9,7 +9,26 @@ import argparse
 import sys
 from pathlib import Path
 
-from longtail.choices import BN_MODES, DECAY_READINGS, DEFAULT_DECAY_READING, STRATEGIES
+from longtail.choices import (
+    BN_MODES,
+    DECAY_READINGS,
+    DEFAULT_DECAY_READING,
+    LR_SCHEDULES,
+    SAMPLERS,
+    STAGE2_LOSSES,
+    STAGE2_METHODS,
+    STRATEGIES,
+    TTA_MODES,
+)
+from longtail.config import (
+    MAX_SEED,
+    Stage2Config,
+    TrainConfig,
+    check_int,
+    parse_size_schedule,
+    parse_test_size,
+    study_config,
+)
 from longtail.errors import LongtailError
 
 
@@ -44,17 +63,47 @@ def _add_data_options(parser: argparse.ArgumentParser) -> None:
 
 def _add_train_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weights", default="imagenet", help="imagenet, none, or a state-dict file")
-    parser.add_argument("--image-size", type=int, default=32, help="input size; 32-px images are upsampled")
-    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument(
+        "--image-size", type=int, help="training input size; 32-px images are upsampled (default 32, or the schedule's)"
+    )
+    parser.add_argument("--epochs", type=int, help="default 30, or the schedule's total")
+    parser.add_argument(
+        "--size-schedule",
+        help="progressive resizing: SIZE:EPOCHS,... in order, e.g. 48:4,64:3 (sets --epochs and --image-size)",
+    )
+    parser.add_argument(
+        "--test-size",
+        type=parse_test_size,
+        default="auto",
+        help="input size of the test metrics and stage-2 features: auto (chosen on the validation split, "
+        "1.0x-1.75x the training size), train (the training size) or a number of pixels (default auto)",
+    )
+    parser.add_argument(
+        "--tta",
+        default="none",
+        help=f"test-time augmentation, reported beside the plain metrics: {', '.join(TTA_MODES)} (default none)",
+    )
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--lr", type=float, default=1e-4)
+    parser.add_argument(
+        "--lr-schedule",
+        default="constant",
+        help=f"{', '.join(LR_SCHEDULES)}: constant is the study's; cosine (a deviation) warms up over the first "
+        "epoch, then decays to 0",
+    )
     parser.add_argument(
         "--decay-reading",
         default=DEFAULT_DECAY_READING,
         help="reading of the study's 'weight decay 0.9999': "
         + "; ".join(f"{k}: {v}" for k, v in DECAY_READINGS.items()),
     )
-    parser.add_argument("--decay-value", type=float, default=0.9999)
+    parser.add_argument(
+        "--decay-value",
+        type=float,
+        default=0.9999,
+        help="the value of that reading: the Class-Balanced beta of the class-balanced losses (cb-beta, also "
+        "stage 2's default beta and LDAM-DRW's), the weight decay (l2, adamw) or the EMA decay (ema)",
+    )
     parser.add_argument("--bn", default="auto", help=f"BatchNorm handling: {', '.join(BN_MODES)}")
     parser.add_argument("--strategy", default="baseline", help=f"one of {', '.join(STRATEGIES)}")
     parser.add_argument("--no-augment", dest="augment", action="store_false", help="no crop/flip augmentation")
@@ -80,15 +129,11 @@ def build_parser() -> argparse.ArgumentParser:
     decouple = commands.add_parser("decouple", help="stage 2: a new classifier on a frozen stage-1 backbone")
     decouple.add_argument("run", type=Path, help="a finished `longtail train` run (stage 1)")
     decouple.add_argument("--out", type=Path, required=True, help="run directory of this stage-2 head")
-    decouple.add_argument("--method", default="retrain", help="retrain, tau-norm, lws or post-hoc-la")
+    decouple.add_argument("--method", default="retrain", help=", ".join(STAGE2_METHODS))
+    decouple.add_argument("--loss", default="ce", help=f"loss of --method retrain: {', '.join(STAGE2_LOSSES)}")
     decouple.add_argument(
-        "--loss",
-        default="ce",
-        help="loss of --method retrain: ce, balanced-softmax, focal, "
-        "class-balanced, cb-focal, modified-ce, logit-adjusted, ldam, inverse-frequency-ce, crt",
-    )
-    decouple.add_argument(
-        "--sampler", help="instance or class-balanced (default: class-balanced for crt and lws, instance otherwise)"
+        "--sampler",
+        help=f"{' or '.join(SAMPLERS)} (default: class-balanced for crt and lws, instance otherwise)",
     )
     decouple.add_argument("--epochs", type=int, default=30)
     decouple.add_argument("--batch-size", type=int, default=128)
@@ -96,7 +141,11 @@ def build_parser() -> argparse.ArgumentParser:
     decouple.add_argument("--views", type=int, default=0, help="augmented copies of the cached train features")
     decouple.add_argument("--tau", type=float, help="temperature (default: tuned on the validation split)")
     decouple.add_argument("--gamma", type=float, default=1.0, help="focal gamma")
-    decouple.add_argument("--beta", type=float, default=0.9999, help="class-balanced beta")
+    decouple.add_argument(
+        "--beta",
+        type=float,
+        help="class-balanced beta (default: the stage-1 run's --decay-value under the cb-beta reading, else 0.9999)",
+    )
     decouple.add_argument("--seed", type=int, default=0)
     decouple.add_argument("--overwrite", action="store_true")
     decouple.add_argument("--cache-dir", type=Path)
@@ -115,7 +164,14 @@ def build_parser() -> argparse.ArgumentParser:
     reproduce.add_argument("--decay-reading", help="override the default reading of 'weight decay 0.9999'")
     reproduce.add_argument("--epochs", type=int, help="override the preset's stage-1 epochs")
     reproduce.add_argument("--image-size", type=int, help="override the preset's image size")
+    reproduce.add_argument("--size-schedule", help="override the preset's size schedule (SIZE:EPOCHS,...)")
+    reproduce.add_argument("--test-size", type=parse_test_size, help="override the preset's test size")
+    reproduce.add_argument("--lr-schedule", help="override the preset's learning-rate schedule")
+    reproduce.add_argument("--tta", help="none or flip: flip adds rows of its own, beside the study's")
     reproduce.add_argument("--out", type=Path, required=True)
+    reproduce.add_argument(
+        "--overwrite", action="store_true", help="retrain every run under --out (whatever settings they had)"
+    )
     reproduce.add_argument("--cache-dir", type=Path)
 
     evaluate = commands.add_parser("evaluate", help="write RUN/metrics.json and figures")
@@ -142,10 +198,12 @@ def _command_data(args) -> None:
     print(f"test: {len(arrays.y_test)} images (the full balanced test split)")
 
 
-def _train_config(args):
-    from longtail.train import TrainConfig
-
-    return TrainConfig(
+def _train_config(args) -> TrainConfig:
+    """The stage-1 config of the train options, validated. A --size-schedule sets --epochs and
+    --image-size when they are not given."""
+    stages = parse_size_schedule(args.size_schedule) if args.size_schedule is not None else None
+    defaults = TrainConfig()
+    config = TrainConfig(
         data=args.data,
         weights=args.weights,
         strategy=args.strategy,
@@ -153,8 +211,10 @@ def _train_config(args):
         profile=args.profile,
         max_per_class=args.max_per_class,
         val_per_class=args.val_per_class,
-        image_size=args.image_size,
-        epochs=args.epochs,
+        image_size=args.image_size
+        if args.image_size is not None
+        else (stages[-1][0] if stages else defaults.image_size),
+        epochs=args.epochs if args.epochs is not None else (sum(e for _, e in stages) if stages else defaults.epochs),
         batch_size=args.batch_size,
         lr=args.lr,
         decay_reading=args.decay_reading,
@@ -165,7 +225,13 @@ def _train_config(args):
         augment=args.augment,
         device=args.device,
         compile=args.compile,
+        size_schedule=args.size_schedule,
+        lr_schedule=args.lr_schedule,
+        test_size=args.test_size,
+        tta=args.tta,
     )
+    config.validate()
+    return config
 
 
 def _command_train(args) -> None:
@@ -176,8 +242,6 @@ def _command_train(args) -> None:
 
 
 def _command_decouple(args) -> None:
-    from longtail.decouple import Stage2Config, decouple
-
     config = Stage2Config(
         method=args.method,
         loss=args.loss,
@@ -191,11 +255,27 @@ def _command_decouple(args) -> None:
         beta=args.beta,
         seed=args.seed,
     )
+    config.validate()
+    from longtail.decouple import decouple
+
     metrics = decouple(args.run, config, args.out, overwrite=args.overwrite, cache_dir=args.cache_dir)
     _print_summary(metrics, args.out)
 
 
 def _command_reproduce(args) -> None:
+    settings = dict(
+        epochs=args.epochs,
+        image_size=args.image_size,
+        size_schedule=args.size_schedule,
+        test_size=args.test_size,
+        lr_schedule=args.lr_schedule,
+        tta=args.tta,
+        decay_reading=args.decay_reading,
+    )
+    given = {key: value for key, value in settings.items() if value is not None}
+    study_config(args.preset, data=args.data, weights=args.weights, imbalance=args.imbalance, given=given)
+    for seed in args.seeds:
+        check_int("seeds", seed, 0, MAX_SEED)
     from longtail.study import reproduce
 
     results = reproduce(
@@ -206,10 +286,9 @@ def _command_reproduce(args) -> None:
         extras=args.extras,
         data=args.data,
         weights=args.weights,
-        decay_reading=args.decay_reading,
-        epochs=args.epochs,
-        image_size=args.image_size,
+        overwrite=args.overwrite,
         cache_dir=args.cache_dir,
+        **settings,
     )
     for name, entry in results["strategies"].items():
         print(f"{name:<34} top-1 {100 * entry['mean']['accuracy']:6.2f} ± {100 * entry['std']['accuracy']:.2f}")
@@ -225,16 +304,19 @@ def _print_summary(metrics: dict, run_dir: Path) -> None:
 
 
 def _command_evaluate(args) -> None:
-    from longtail.runs import RUN_FILE, read_json
+    from longtail.runs import RUN_FILE, RunLock, read_json
 
     run_file = args.run / RUN_FILE
     if not run_file.exists():
         raise LongtailError(f"{args.run} is not a longtail run directory (no {RUN_FILE})")
-    if read_json(run_file).get("kind") == "decouple":
+    record = read_json(run_file)
+    if isinstance(record, dict) and record.get("kind") == "decouple":
         from longtail.decouple import evaluate_decoupled as evaluate
     else:
         from longtail.train import evaluate_run as evaluate
-    _print_summary(evaluate(args.run, cache_dir=args.cache_dir), args.run)
+    with RunLock(args.run):
+        metrics = evaluate(args.run, cache_dir=args.cache_dir)
+    _print_summary(metrics, args.run)
 
 
 COMMANDS = {

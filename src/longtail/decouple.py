@@ -28,7 +28,6 @@ import dataclasses
 import time
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import ExitStack
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -37,9 +36,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from longtail import data as data_module
+from longtail.config import Stage2Config, TrainConfig
 from longtail.errors import LongtailError
-from longtail.features import Features, load_or_extract_features
-from longtail.losses import LOSSES, MODIFIED_CE, build_loss, loss_spec
+from longtail.features import Features, apply_head, load_or_extract_features
+from longtail.losses import MODIFIED_CE, build_loss, loss_spec
 from longtail.models import make_head
 from longtail.runs import (
     RUN_FILE,
@@ -51,62 +51,26 @@ from longtail.runs import (
     read_json,
     torch_load,
 )
-from longtail.samplers import SAMPLERS, epoch_generator, epoch_order
+from longtail.samplers import epoch_generator, epoch_order
 from longtail.train import (
     Dataset,
     Runtime,
-    TrainConfig,
+    class_balanced_beta,
     load_finished_stage1,
     load_trained_classifier,
     load_trained_model,
+    run_test_size,
     save_evaluation,
+    uses_cosine_head,
 )
 
-METHODS = ("retrain", "tau-norm", "lws", "post-hoc-la")
+__all__ = ["Stage2Config", "decouple", "decouple_many", "evaluate_decoupled"]  # Stage2Config: longtail.config
+
 CRT = "crt"  # cross-entropy + class-balanced sampling
-STAGE2_LOSSES = (*LOSSES, "modified-ce", CRT)
-# Logit-adjusted loss: one head per value. Reaches 4.0 because a short stage 1 picked 2.5, the top
-# of the earlier grid (RESULTS.md).
-TAU_GRID_TRAINED = (0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0)
-TAU_GRID_POST_HOC = tuple(round(0.1 * i, 1) for i in range(41))  # 0.0 .. 4.0, free to evaluate
-
-
-@dataclass
-class Stage2Config:
-    """One stage-2 head. Head-training defaults: Adam lr 1e-3, batch 128, 30 epochs (the
-    stage-1 batch size and epoch count; a fresh linear layer on fixed features needs the
-    larger learning rate, measured in ../shared/NOTES.md)."""
-
-    method: str = "retrain"
-    loss: str = "ce"
-    sampler: str | None = None  # None: class-balanced for crt and lws, instance otherwise
-    epochs: int = 30
-    batch_size: int = 128
-    lr: float = 1e-3
-    views: int = 0  # augmented copies of the train features (0: the plain images only)
-    tau: float | None = None  # None: tuned on validation where the method has a tau
-    gamma: float = 1.0
-    beta: float = 0.9999
-    seed: int = 0
-
-    def validate(self) -> None:
-        if self.method not in METHODS:
-            raise LongtailError(f"unknown method '{self.method}': choose one of {', '.join(METHODS)}")
-        if self.loss not in STAGE2_LOSSES:
-            raise LongtailError(f"unknown loss '{self.loss}': choose one of {', '.join(STAGE2_LOSSES)}")
-        if self.sampler is not None and self.sampler not in SAMPLERS:
-            raise LongtailError(f"unknown sampler '{self.sampler}': choose one of {', '.join(SAMPLERS)}")
-        for name in ("epochs", "batch_size"):
-            if getattr(self, name) < 1:
-                raise LongtailError(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(self, name)}")
-        if self.views < 0:
-            raise LongtailError(f"--views must be >= 0, got {self.views}")
-
-    @property
-    def resolved_sampler(self) -> str:
-        if self.sampler is not None:
-            return self.sampler
-        return "class-balanced" if self.loss == CRT or self.method == "lws" else "instance"
+# Logit-adjusted loss: one head per value. Widened twice because a recorded run picked the top of
+# the grid (RESULTS.md): 2.5 with a short stage 1, then 4.0 on one seed of a three-seed study.
+TAU_GRID_TRAINED = (0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0, 4.5, 5.0, 6.0)
+TAU_GRID_POST_HOC = tuple(round(0.1 * i, 1) for i in range(61))  # 0.0 .. 6.0, free to evaluate
 
 
 # ---------------------------------------------------------------- head training
@@ -238,7 +202,14 @@ def _fetch(features: Features) -> Callable[[torch.Tensor, torch.Tensor], torch.T
     return lambda positions, views: features.train[views, positions]
 
 
-def _fit_retrain_grid(configs: Sequence[Stage2Config], features: Features, dataset: Dataset) -> list[tuple]:
+def _hyperparameters(config: Stage2Config, default_beta: float) -> dict:
+    """The loss hyperparameters of a head: its gamma, and its beta or else ``default_beta``."""
+    return dict(gamma=config.gamma, beta=default_beta if config.beta is None else config.beta)
+
+
+def _fit_retrain_grid(
+    configs: Sequence[Stage2Config], features: Features, dataset: Dataset, default_beta: float
+) -> list[tuple]:
     """The retrain heads of ``configs`` (all with one ``_batches_key``), trained side by side in
     one ``HeadGrid``: one head per config, or one per tau of ``TAU_GRID_TRAINED`` for a
     logit-adjusted loss whose tau is to be tuned on validation."""
@@ -246,7 +217,7 @@ def _fit_retrain_grid(configs: Sequence[Stage2Config], features: Features, datas
     blocks = []  # per config: (loss name, its taus, loss on its (B, len(taus), C) block of the logits)
     for config in configs:
         loss_name = _retrain_loss_name(config)
-        hyper = dict(gamma=config.gamma, beta=config.beta)
+        hyper = _hyperparameters(config, default_beta)
         if loss_name == "logit-adjusted" and config.tau is None:
             blocks.append((loss_name, TAU_GRID_TRAINED, build_loss(loss_name, counts, tau=TAU_GRID_TRAINED, **hyper)))
             continue
@@ -281,7 +252,7 @@ def _fit_retrain_grid(configs: Sequence[Stage2Config], features: Features, datas
 
 
 def _fit_alone(
-    config: Stage2Config, stage1_head: nn.Module, features: Features, dataset: Dataset
+    config: Stage2Config, stage1_head: nn.Module, features: Features, dataset: Dataset, default_beta: float
 ) -> tuple[nn.Module, dict]:
     """A stage-2 head that does not train in a grid: LDAM's cosine head, LWS, tau-norm, post-hoc-la."""
     counts = dataset.split.train_counts
@@ -292,7 +263,7 @@ def _fit_alone(
             _fresh_head(len(counts), True, config.seed),
             _fetch(features),
             labels,
-            build_loss(loss_name, counts, gamma=config.gamma, beta=config.beta),
+            build_loss(loss_name, counts, **_hyperparameters(config, default_beta)),
             **_training_options(config),
         )
         return head, {"loss": loss_name, "tau": None}
@@ -321,9 +292,14 @@ def _fit_alone(
 
 
 def fit_stage2_heads(
-    configs: Sequence[Stage2Config], stage1_head: nn.Module, features: Features, dataset: Dataset
+    configs: Sequence[Stage2Config],
+    stage1_head: nn.Module,
+    features: Features,
+    dataset: Dataset,
+    default_beta: float = 0.9999,
 ) -> list[tuple[nn.Module, dict]]:
     """The stage-2 head of each config and a record of what was chosen (tau, validation scores).
+    ``default_beta``: the Class-Balanced beta of configs that leave it to the stage-1 run.
 
     Retrain heads that share their batches (same sampler, epochs, batch size, lr, seed and
     views) are trained side by side in one ``HeadGrid``, each with its own loss: the same heads
@@ -335,20 +311,20 @@ def fit_stage2_heads(
         if _trains_in_a_grid(config):
             grids.setdefault(_batches_key(config), []).append(index)
         else:
-            fitted[index] = _fit_alone(config, stage1_head, features, dataset)
+            fitted[index] = _fit_alone(config, stage1_head, features, dataset, default_beta)
     for indices in grids.values():
         for index, result in zip(
-            indices, _fit_retrain_grid([configs[i] for i in indices], features, dataset), strict=True
+            indices, _fit_retrain_grid([configs[i] for i in indices], features, dataset, default_beta), strict=True
         ):
             fitted[index] = result
     return fitted
 
 
 def fit_stage2(
-    config: Stage2Config, stage1_head: nn.Module, features: Features, dataset: Dataset
+    config: Stage2Config, stage1_head: nn.Module, features: Features, dataset: Dataset, default_beta: float = 0.9999
 ) -> tuple[nn.Module, dict]:
     """The stage-2 head for ``config`` and a record of what was chosen (tau, validation scores)."""
-    return fit_stage2_heads([config], stage1_head, features, dataset)[0]
+    return fit_stage2_heads([config], stage1_head, features, dataset, default_beta)[0]
 
 
 # ---------------------------------------------------------------- run directories
@@ -357,16 +333,20 @@ def fit_stage2(
 def _stage1_features(
     stage1_dir: Path, stage1_config: TrainConfig, dataset: Dataset, stage1_run: dict, views: int, cache_dir: Path | None
 ) -> Features:
-    """The stage-1 run's features; its network is built only when some are not cached yet."""
+    """The stage-1 run's features at its test size (with the mirrored test images under
+    ``--tta flip``); its network is built only when some are not cached yet. Call it holding the
+    stage-1 run's lock: it may rewrite the run's ``features.pt``."""
     runtime = Runtime.create()
     return load_or_extract_features(
         stage1_dir,
         stage1_run.get("model_sha256"),
         lambda: load_trained_model(stage1_dir, runtime, cache_dir)[0],
-        stage1_config,
         dataset,
+        stage1_config.seed,
         views,
         runtime,
+        run_test_size(stage1_run, stage1_config),
+        flip=stage1_config.tta == "flip",
     )
 
 
@@ -389,16 +369,20 @@ def decouple_many(
     configs = list(runs.values())
     # Everything that can fail on bad input happens before a run directory is touched.
     for out in outs:
+        if out.resolve() == stage1_dir:
+            raise LongtailError(f"--out {out} is the stage-1 run itself; give the stage-2 head a directory of its own")
         check_run_dir(out, resume=False, overwrite=overwrite)
     stage1_config, dataset, stage1_run = load_finished_stage1(stage1_dir, cache_dir)
     for config in configs:
-        if stage1_config.cosine_head and config.method != "retrain":
+        if uses_cosine_head(stage1_config) and config.method != "retrain":
             raise LongtailError(
                 f"{config.method} needs a linear stage-1 classifier; {stage1_dir} has LDAM's cosine "
                 "head: use --method retrain"
             )
     stage1_head = load_trained_classifier(stage1_dir, stage1_config, dataset.arrays.num_classes)
+    default_beta = class_balanced_beta(stage1_config)
     with ExitStack() as locks:
+        locks.enter_context(RunLock(stage1_dir))  # its features.pt may be extended
         for out in outs:
             locks.enter_context(RunLock(out))
             prepare_run_dir(out, resume=False, overwrite=overwrite)
@@ -407,7 +391,7 @@ def decouple_many(
         features = _stage1_features(stage1_dir, stage1_config, dataset, stage1_run, views, cache_dir)
         feature_seconds = time.perf_counter() - started
         started = time.perf_counter()
-        fitted = fit_stage2_heads(configs, stage1_head, features, dataset)
+        fitted = fit_stage2_heads(configs, stage1_head, features, dataset, default_beta)
         head_seconds = time.perf_counter() - started
         metrics = {}
         for out, config, (head, chosen) in zip(outs, configs, fitted, strict=True):
@@ -419,8 +403,11 @@ def decouple_many(
                     "kind": "decouple",
                     "status": "finished",
                     "stage1": str(stage1_dir),
+                    "stage1_model_sha256": stage1_run.get("model_sha256"),
                     "config": dataclasses.asdict(config),
                     "sampler": config.resolved_sampler,
+                    "beta": _hyperparameters(config, default_beta)["beta"],
+                    "feature_image_size": run_test_size(stage1_run, stage1_config),
                     "chosen": chosen,
                     "feature_seconds": feature_seconds / len(outs),
                     "head_seconds": head_seconds / len(outs),
@@ -447,26 +434,42 @@ def decouple(
     ]
 
 
-def evaluate_decoupled(
-    run_dir: Path,
-    cache_dir: Path | None = None,
-    features: Features | None = None,
-    dataset: Dataset | None = None,
-    figures: bool = True,
-) -> dict:
+def load_head(run_dir: Path, num_classes: int) -> nn.Module:
+    """The classifier of a finished stage-2 run (``head.pt``), in eval mode."""
+    path = Path(run_dir) / "head.pt"
+    stored = torch_load(path)
+    try:
+        head = make_head(num_classes, bool(stored["cosine"]))
+        head.load_state_dict(stored["state_dict"])
+    except (KeyError, TypeError, RuntimeError) as error:
+        raise LongtailError(
+            f"{path}: not a {num_classes}-class longtail stage-2 head; "
+            "fit it again with `longtail decouple ... --overwrite`"
+        ) from error
+    return head.eval()
+
+
+def stage1_of(run_dir: Path) -> Path:
+    """The stage-1 run directory a stage-2 run was fitted on (from its run.json)."""
+    record = read_json(Path(run_dir) / RUN_FILE)
+    if not isinstance(record, dict) or record.get("kind") != "decouple" or not isinstance(record.get("stage1"), str):
+        raise LongtailError(f"{Path(run_dir) / RUN_FILE}: not the record of a `longtail decouple` run")
+    return Path(record["stage1"])
+
+
+def evaluate_decoupled(run_dir: Path, cache_dir: Path | None = None, figures: bool = True) -> dict:
     """Test metrics of a stage-2 run (from the cached test features of its stage-1 run)."""
-    if features is None or dataset is None:
-        stage1_dir = Path(read_json(Path(run_dir) / RUN_FILE)["stage1"])
-        stage1_config, dataset, stage1_run = load_finished_stage1(stage1_dir, cache_dir)
+    stage1_dir = stage1_of(run_dir)
+    stage1_config, dataset, stage1_run = load_finished_stage1(stage1_dir, cache_dir)
+    head = load_head(run_dir, dataset.arrays.num_classes)
+    with RunLock(stage1_dir):
         features = _stage1_features(stage1_dir, stage1_config, dataset, stage1_run, 0, cache_dir)
-    stored = torch_load(Path(run_dir) / "head.pt")
-    head = make_head(dataset.arrays.num_classes, stored["cosine"])
-    head.load_state_dict(stored["state_dict"])
     return _evaluate_head(run_dir, head, features, dataset, figures)
 
 
 def _evaluate_head(run_dir: Path, head: nn.Module, features: Features, dataset: Dataset, figures: bool) -> dict:
-    """Test metrics of ``head`` on the cached test features, written into ``run_dir``."""
-    with torch.no_grad():
-        logits = head.eval()(features.test)
-    return save_evaluation(run_dir, dataset.arrays.y_test, logits, dataset, figures)
+    """Test metrics of ``head`` on the cached test features (and with flip TTA when the features
+    hold the mirrored test images), written into ``run_dir``."""
+    logits = apply_head(head, features.test)
+    flip_logits = apply_head(head, features.test, features.test_flip) if features.test_flip is not None else None
+    return save_evaluation(run_dir, dataset.arrays.y_test, logits, dataset, figures, flip_logits=flip_logits)

@@ -1,21 +1,28 @@
 """Inference in batches and the cache of a stage-1 run's backbone features.
 
 Every pass of the frozen network over a uint8 image array goes through ``batched_inference``:
-stage-1 validation and test logits (``longtail.train``), and the pooled 1280-d features that
-stage 2 trains its heads on (``longtail.decouple``).
+stage-1 validation and test logits (``longtail.train``), the pooled 1280-d features that stage 2
+trains its heads on (``longtail.decouple``) and predictions on new images (``longtail.predict``).
+Pooled features and classifier heads are computed in float32 even where the backbone runs under
+bf16 autocast (``models.pooled_features``, ``apply_head``), so CPU and GPU mean the same thing.
 
-A finished stage-1 run keeps its features in ``features.pt``: the test set's and the
-validation set's, written by stage 1 (its evaluation and its last epoch's validation compute
-them anyway on their way to the logits), and the train set's (plus ``views`` augmented copies),
-added by the first stage-2 head. So a stage-2 head never runs the backbone over the test or
-validation set again, and once the train features are cached it does not build the network at
-all. The cache is tied to the run's ``model.pt`` by its sha256; parts from another model are
-recomputed.
+Flip test-time augmentation (``--tta flip``) averages the logits of each image and of its mirror:
+``apply_head(head, features, flipped)``. It is reported beside the plain numbers, never instead.
+
+A finished stage-1 run keeps its features in ``features.pt``, all at the run's test image size
+(``test_image_size`` in its run.json, chosen on validation by ``longtail.resolution``): the test
+set's and the validation set's, written by stage 1's evaluation (which computes them anyway on its
+way to the logits), the mirrored test images' under ``--tta flip``, and the train set's (plus ``views``
+augmented copies), added by the first stage-2 head. So a stage-2 head never runs the backbone
+over the test or validation set again, and once the train features are cached it does not build
+the network at all. The cache records the sha256 of the run's ``model.pt``, its image size and a
+checksum of its contents: parts of another model or another size are recomputed, and a file that
+cannot be read or fails its checksum is rebuilt, never trusted.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,14 +30,16 @@ from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
+from tqdm import tqdm
 
 from longtail import data as data_module
+from longtail.errors import LongtailError
 from longtail.models import FEATURE_DIM, head_of, pooled_features
 from longtail.runs import atomic_torch_save, torch_load
 from longtail.samplers import epoch_generator
 
 if TYPE_CHECKING:  # only for annotations: longtail.train imports this module
-    from longtail.train import Dataset, Runtime, TrainConfig
+    from longtail.train import Dataset, Runtime
 
 FEATURES_FILE = "features.pt"
 INFERENCE_BATCH_SIZE = 256
@@ -38,9 +47,12 @@ INFERENCE_BATCH_SIZE = 256
 
 @dataclass
 class Features:
+    """Pooled features of a stage-1 run's images at one input size."""
+
     train: torch.Tensor  # (1 + views, N, 1280): view 0 un-augmented
     val: torch.Tensor
     test: torch.Tensor
+    test_flip: torch.Tensor | None = None  # of the mirrored test images, for --tta flip
 
 
 @torch.inference_mode()
@@ -53,17 +65,23 @@ def batched_inference(
     runtime: Runtime,
     generator: torch.Generator | None = None,
     batch_size: int = INFERENCE_BATCH_SIZE,
+    flip: bool = False,
+    progress: str | None = None,
 ) -> torch.Tensor:
     """``fn`` of uint8 images (N, H, W, 3) in model-input form, batch by batch, as float32 on the
-    CPU; the images are augmented (``random_crop_flip``) when ``generator`` is given."""
+    CPU; the images are augmented (``random_crop_flip``) when ``generator`` is given and mirrored
+    left-right with ``flip``. ``progress``: a label for a progress bar."""
     outputs = []
-    for start in range(0, len(images), batch_size):
+    starts = range(0, len(images), batch_size)
+    for start in tqdm(starts, desc=progress, disable=progress is None, leave=False, mininterval=1.0):
         batch = images[start : start + batch_size].to(runtime.device, non_blocking=True)
         if generator is not None:
             batch = data_module.random_crop_flip(batch, generator)
+        if flip:
+            batch = batch.flip(2)  # (B, H, W, 3): the width axis
         with runtime.autocast():
             outputs.append(fn(data_module.to_model_input(batch, image_size, mean, std)).float().cpu())
-    return torch.cat(outputs)
+    return torch.cat(outputs) if outputs else torch.empty(0)
 
 
 def extract_features(
@@ -75,14 +93,37 @@ def extract_features(
     runtime: Runtime,
     generator: torch.Generator | None = None,
     batch_size: int = INFERENCE_BATCH_SIZE,
+    flip: bool = False,
+    progress: str | None = None,
 ) -> torch.Tensor:
     """Pooled backbone features (N, 1280) of uint8 images, in eval mode."""
     if len(images) == 0:
         return torch.empty(0, FEATURE_DIM)
     model.eval()
     return batched_inference(
-        lambda x: pooled_features(model, x), images, image_size, mean, std, runtime, generator, batch_size
+        lambda x: pooled_features(model, x),
+        images,
+        image_size,
+        mean,
+        std,
+        runtime,
+        generator,
+        batch_size,
+        flip,
+        progress,
     )
+
+
+@torch.inference_mode()
+def apply_head(head: nn.Module, features: torch.Tensor, flipped: torch.Tensor | None = None) -> torch.Tensor:
+    """Logits of a classifier head on pooled features, in float32 with autocast off; with the
+    features of the mirrored images (``flipped``), the mean of the two logits (flip TTA)."""
+    device = next(head.parameters(), torch.empty(0)).device
+    with torch.autocast(device.type, enabled=False):
+        logits = head.eval()(features.to(device).float()).float().cpu()
+        if flipped is not None:
+            logits = (logits + head(flipped.to(device).float()).float().cpu()) / 2
+    return logits
 
 
 def features_and_logits(
@@ -97,60 +138,109 @@ def features_and_logits(
     """Pooled features and logits (the classifier applied to them: the model's eval forward) of
     uint8 images, both float32 on the CPU: how longtail evaluates."""
     features = extract_features(model, images, image_size, mean, std, runtime, batch_size=batch_size)
-    with torch.inference_mode():
-        logits = head_of(model)(features.to(runtime.device)).float().cpu()
-    return features, logits
+    return features, apply_head(head_of(model), features)
 
 
-def _read_cache(stage1_dir: Path, model_sha: str | None) -> dict:
-    """What ``features.pt`` holds for this model (empty when absent or from another model)."""
+# ---------------------------------------------------------------- the cache
+
+
+def _checksum(record: dict) -> str:
+    """sha256 over the model sha, the image size and every tensor's bytes, in key order."""
+    digest = hashlib.sha256(f"{record.get('model_sha256')}\0{record.get('image_size')}\0".encode())
+    for key in sorted(k for k, v in record.items() if isinstance(v, torch.Tensor)):
+        tensor = record[key].contiguous()
+        digest.update(f"{key}\0{tuple(tensor.shape)}\0".encode())
+        digest.update(tensor.numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()
+
+
+def _read_cache(stage1_dir: Path, model_sha: str | None, image_size: int) -> dict:
+    """What ``features.pt`` holds for this model at this size: empty when the file is absent, of
+    another model or size, unreadable, or fails its checksum (a cache is rebuilt, never trusted)."""
     path = Path(stage1_dir) / FEATURES_FILE
-    if not path.exists():
+    if model_sha is None or not path.exists():
         return {}
-    cached = torch_load(path, mmap=True)
-    return cached if model_sha is not None and cached.get("model_sha256") == model_sha else {}
+    try:
+        cached = torch_load(path, mmap=True)
+    except LongtailError:
+        tqdm.write(f"longtail: {path} cannot be read; rebuilding it")
+        return {}
+    if not isinstance(cached, dict) or cached.get("model_sha256") != model_sha:
+        return {}
+    if cached.get("image_size") != image_size:
+        return {}
+    if cached.get("checksum") != _checksum(cached):
+        tqdm.write(f"longtail: {path} fails its checksum; rebuilding it")
+        return {}
+    return {key: value for key, value in cached.items() if isinstance(value, torch.Tensor)}
+
+
+def _write_cache(stage1_dir: Path, model_sha: str | None, image_size: int, parts: dict) -> None:
+    record = {**{k: v for k, v in parts.items() if v is not None}, "model_sha256": model_sha, "image_size": image_size}
+    record["checksum"] = _checksum(record)
+    atomic_torch_save(Path(stage1_dir) / FEATURES_FILE, record)
 
 
 def store_evaluation_features(
-    stage1_dir: Path, model_sha: str | None, test: torch.Tensor, val: torch.Tensor | None = None
+    stage1_dir: Path,
+    model_sha: str | None,
+    image_size: int,
+    test: torch.Tensor,
+    val: torch.Tensor | None = None,
+    *,
+    test_flip: torch.Tensor | None = None,
 ) -> None:
-    """Put the test-set (and, when given, the validation-set) features into the run's cache,
-    keeping the other parts it holds for the same model."""
-    cached = _read_cache(stage1_dir, model_sha)
-    record = {"train": torch.empty(0, 0, FEATURE_DIM), "val": None, **cached, "test": test, "model_sha256": model_sha}
-    if val is not None:
-        record["val"] = val
-    atomic_torch_save(Path(stage1_dir) / FEATURES_FILE, record)
+    """Put the test-set (and, when given, the validation-set and mirrored test-set) features at
+    ``image_size`` into the run's cache, keeping the other parts it holds for the same model and size."""
+    parts = _read_cache(stage1_dir, model_sha, image_size)
+    given = {"test": test, "val": val, "test_flip": test_flip}
+    _write_cache(stage1_dir, model_sha, image_size, {**parts, **{k: v for k, v in given.items() if v is not None}})
 
 
 def load_or_extract_features(
     stage1_dir: Path,
     model_sha: str | None,
     load_model: Callable[[], nn.Module],
-    config: TrainConfig,
     dataset: Dataset,
+    seed: int,
     views: int,
     runtime: Runtime,
+    image_size: int,
+    flip: bool = False,
 ) -> Features:
-    """The features of a stage-1 run with at least ``views`` augmented train copies: what the
-    cache holds, and the missing parts extracted (and added to the cache) by the model that
-    ``load_model()`` returns, called only then."""
-    cached = _read_cache(stage1_dir, model_sha)
+    """The features at ``image_size`` of a stage-1 run, with at least ``views`` augmented train
+    copies (and the mirrored test images with ``flip``): what the cache holds, and
+    the missing parts extracted (and added to the cache) by the model that ``load_model()``
+    returns, called only then. ``seed`` draws the augmented views."""
+    parts = _read_cache(stage1_dir, model_sha, image_size)
     arrays, split = dataset.arrays, dataset.split
-    args = (config.image_size, dataset.mean, dataset.std, runtime)
-    val, test = cached.get("val"), cached.get("test")
-    if "train" in cached and len(cached["train"]) >= 1 + views and val is not None and test is not None:
-        return Features(cached["train"][: 1 + views], val, test)
+    needed = ("val", "test", "test_flip") if flip else ("val", "test")
+    train_views = list(parts.get("train", ()))  # every cached view, also beyond 1 + views
+    if set(needed) <= parts.keys() and len(train_views) >= 1 + views:
+        return _features(parts, views, flip)
     model = load_model()
-    train_views = list(cached.get("train", ()))  # every cached view, also beyond 1 + views
+    args = (image_size, dataset.mean, dataset.std, runtime)
     train_images = torch.from_numpy(arrays.x_train[split.train])
     for view in range(len(train_views), 1 + views):
-        generator = None if view == 0 else epoch_generator(config.seed, view, stream=7, device=runtime.device)
-        train_views.append(extract_features(model, train_images, *args, generator=generator))
-    if val is None:
-        val = extract_features(model, torch.from_numpy(arrays.x_train[split.val]), *args)
-    if test is None:
-        test = extract_features(model, torch.from_numpy(arrays.x_test), *args)
-    everything = Features(torch.stack(train_views), val, test)
-    atomic_torch_save(Path(stage1_dir) / FEATURES_FILE, {**dataclasses.asdict(everything), "model_sha256": model_sha})
-    return Features(everything.train[: 1 + views], val, test)
+        generator = None if view == 0 else epoch_generator(seed, view, stream=7, device=runtime.device)
+        label = f"train features at {image_size} px" + (f", view {view}" if view else "")
+        train_views.append(extract_features(model, train_images, *args, generator=generator, progress=label))
+    parts["train"] = torch.stack(train_views)
+    images = {"val": arrays.x_train[split.val], "test": arrays.x_test}
+    for key in [key for key in needed if key not in parts]:
+        name = key.removesuffix("_flip")
+        label = f"{name} features at {image_size} px" + (", mirrored" if key.endswith("_flip") else "")
+        parts[key] = extract_features(
+            model, torch.from_numpy(images[name]), *args, flip=key.endswith("_flip"), progress=label
+        )
+    _write_cache(stage1_dir, model_sha, image_size, parts)
+    return _features(parts, views, flip)
+
+
+def _features(parts: dict, views: int, flip: bool) -> Features:
+    return Features(
+        parts["train"][: 1 + views],
+        parts["val"],
+        parts["test"],
+        parts["test_flip"] if flip else None,
+    )

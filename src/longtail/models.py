@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.models import EfficientNet_B0_Weights, efficientnet_b0
+from torchvision.models import EfficientNet, EfficientNet_B0_Weights, efficientnet_b0
 
 from longtail.choices import BN_MODES
 from longtail.errors import LongtailError
@@ -56,9 +56,10 @@ class WeightsInfo:
     """Where the model's starting weights came from."""
 
     name: str  # "imagenet", "none" or the file path
-    sha256: str | None
+    sha256: str | None  # of the weights file (None for "none")
     pretrained: bool
     bn_folded: bool
+    url: str | None = None  # where torchvision downloaded "imagenet" from
 
 
 def _load_state_dict_file(path: Path) -> tuple[dict, str]:
@@ -70,18 +71,25 @@ def _load_state_dict_file(path: Path) -> tuple[dict, str]:
         payload = path.read_bytes()
     except OSError as error:  # e.g. PermissionError
         raise LongtailError(f"weights file {path} cannot be read ({error.strerror}); check its permissions") from error
+    if not payload:
+        raise LongtailError(f"weights file {path} is empty (0 bytes); re-copy it or pass --weights imagenet")
     try:
         state = torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises many types for truncated or foreign files
+        first_line = next(iter(str(error).splitlines()), "")[:200]
         raise LongtailError(
-            f"{path}: not a loadable weights file ({type(error).__name__}: "
-            f"{str(error).splitlines()[0][:200]}); it may be truncated, re-copy it"
+            f"{path}: not a loadable weights file ({type(error).__name__}: {first_line}); "
+            "it may be truncated, re-copy it"
         ) from error
     if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
         state = state["model"]  # a longtail checkpoint
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise LongtailError(f"{path}: expected a state dict of tensors (torchvision efficientnet_b0 layout)")
-    return state, hashlib.sha256(payload).hexdigest()
+    return state, _sha256(payload)
+
+
+def _sha256(payload: bytes) -> str:
+    return hashlib.sha256(payload).hexdigest()
 
 
 def _check_keys(state: dict, model: nn.Module, path: Path) -> None:
@@ -131,7 +139,9 @@ def build_model(
                 f"could not download torchvision's ImageNet weights ({error}); offline, pass a file: "
                 "--weights ../shared/weights/efficientnet_b0_imagenet_tfhub.pth"
             ) from error
-        info = WeightsInfo("imagenet", EfficientNet_B0_Weights.IMAGENET1K_V1.url, pretrained=True, bn_folded=False)
+        url = EfficientNet_B0_Weights.IMAGENET1K_V1.url
+        downloaded = Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name
+        info = WeightsInfo("imagenet", _sha256(downloaded.read_bytes()), pretrained=True, bn_folded=False, url=url)
         model.classifier[1] = nn.Linear(FEATURE_DIM, num_classes)
     else:
         path = Path(weights).expanduser()
@@ -145,6 +155,7 @@ def build_model(
         info = WeightsInfo(str(path), digest, pretrained=True, bn_folded=is_bn_folded(model))
     if cosine_head:
         model.classifier[1] = make_head(num_classes, cosine=True)
+    model.__class__ = Float32HeadEfficientNet  # a subclass adding no state: only the forward changes
     return model, info
 
 
@@ -209,8 +220,23 @@ def set_train_mode(model: nn.Module, bn_mode: str) -> None:
 
 
 def pooled_features(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """The 1280-d global-average-pooled backbone features (what the classifier sees)."""
-    return torch.flatten(model.avgpool(model.features(x)), 1)
+    """The 1280-d global-average-pooled backbone features (what the classifier sees), pooled in
+    float32 with autocast off even when the backbone ran under bf16 autocast."""
+    features = model.features(x)
+    with torch.autocast(features.device.type, enabled=False):
+        return torch.flatten(model.avgpool(features.float()), 1)
+
+
+class Float32HeadEfficientNet(EfficientNet):
+    """torchvision's EfficientNet whose pooling and classifier run in float32 with autocast off:
+    under bf16 autocast (the GPU path) only the backbone runs in bf16, so the logits (and LDAM's
+    cosine logits, scaled by 30) are not rounded to bf16 and CPU and GPU mean the same thing.
+    Same modules and state dict as torchvision's; only ``forward`` differs."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pooled = pooled_features(self, x)
+        with torch.autocast(pooled.device.type, enabled=False):
+            return self.classifier(pooled)
 
 
 def head_of(model: nn.Module) -> nn.Module:

@@ -20,37 +20,23 @@ from pathlib import Path
 
 import torch
 
+from longtail.config import (
+    PRESETS,
+    Stage2Config,
+    TrainConfig,
+    config_differences,
+    describe_differences,
+    from_record,
+    study_config,
+)
 from longtail.data import load_arrays
-from longtail.decouple import Stage2Config, decouple_many
+from longtail.decouple import decouple_many
 from longtail.errors import LongtailError
 from longtail.metrics import aggregate_seeds
 from longtail.models import build_model
 from longtail.report import render_study
-from longtail.runs import RunLock, atomic_write_json, read_json, run_status
-from longtail.train import TrainConfig, train
-
-
-@dataclass(frozen=True)
-class Preset:
-    """Stage-1 settings of a preset; everything else is the study's (Adam, lr 1e-4, batch 128)."""
-
-    image_size: int
-    epochs: int
-    max_per_class: int | None
-    reason: str
-
-
-PRESETS = {
-    # The study's recipe: pretrained B0 at 224 px, 30 epochs. About 25 min per epoch on 2 CPU
-    # cores, so it is meant for a GPU.
-    "seed": Preset(224, 30, None, "the study's recipe: 224 px, 30 epochs (GPU)"),
-    # The most faithful configuration whose whole study (baseline + Reweight stage-1 runs,
-    # features, all stage-2 heads, evaluation) fits 60 minutes on 2 CPU cores: chosen by
-    # measurement, see RESULTS.md ("Choosing the cpu preset").
-    "cpu": Preset(64, 8, None, "64 px, 8 epochs: the largest that fits 60 min on 2 CPU cores (measured)"),
-    # A few minutes: a small long-tailed subset at 32 px, for tests and a first look.
-    "smoke": Preset(32, 1, 200, "32 px, 1 epoch, 200 images in the head class (a few minutes)"),
-}
+from longtail.runs import RUN_FILE, RunLock, atomic_write_json, read_json, run_status
+from longtail.train import run_test_size, train
 
 STUDY_LOSSES = ("modified-ce", "balanced-softmax", "focal", "class-balanced", "cb-focal")
 EXTRA_STAGE2 = {
@@ -88,23 +74,166 @@ def hardware_description() -> dict:
     return description
 
 
+# ---------------------------------------------------------------- the plan of a study
+
+
+@dataclass(frozen=True)
+class Stage1Run:
+    directory: Path
+    config: TrainConfig
+
+
+@dataclass(frozen=True)
+class Stage2Group:
+    """Stage-2 heads fitted together on one stage-1 run: {name: config}."""
+
+    stage1: Path
+    heads: dict[str, Stage2Config]
+
+
+def _plan(base: TrainConfig, seeds: tuple[int, ...], extras: bool, out: Path) -> list[list]:
+    """Per seed, the list of runs in the order they are made: stage 1 (the baseline) is trained once and
+    reused by every decoupled loss; cheap stage-2 heads right after the stage 1 they share, so
+    results arrive early; Reweight (and with ``extras`` the other end-to-end strategies) are runs
+    of their own."""
+    plan = []
+    for seed in seeds:
+        seed_dir = out / f"seed{seed}"
+        stage1 = seed_dir / "baseline"
+        steps: list = [
+            Stage1Run(stage1, dataclasses.replace(base, seed=seed)),
+            Stage2Group(stage1, {f"decoupled-{loss}": Stage2Config(loss=loss, seed=seed) for loss in STUDY_LOSSES}),
+            Stage1Run(seed_dir / "reweight", dataclasses.replace(base, seed=seed, strategy="reweight")),
+        ]
+        if extras:
+            steps.append(
+                Stage2Group(stage1, {name: dataclasses.replace(c, seed=seed) for name, c in EXTRA_STAGE2.items()})
+            )
+            steps += [
+                Stage1Run(seed_dir / strategy, dataclasses.replace(base, seed=seed, strategy=strategy))
+                for strategy in EXTRA_STAGE1
+            ]
+        plan.append(steps)
+    return plan
+
+
+def _recorded(run_dir: Path) -> dict | None:
+    """The run.json of ``run_dir``, or None when there is none."""
+    return read_json(run_dir / RUN_FILE) if (run_dir / RUN_FILE).exists() else None
+
+
+def _mismatch(run_dir: Path, differences: dict) -> LongtailError:
+    return LongtailError(
+        f"{run_dir} holds a run made with other settings ({describe_differences(differences)}); the study would "
+        "mix them: write the study into a new --out, or pass --overwrite to retrain every run"
+    )
+
+
+def _check_stage1(run: Stage1Run, data_sha256: str, weights_sha256: str | None) -> None:
+    record = _recorded(run.directory)
+    if record is None:
+        if (run.directory / "checkpoint.pt").exists():
+            raise LongtailError(
+                f"{run.directory} holds a checkpoint but no {RUN_FILE}, so its settings are unknown: write the "
+                "study into a new --out, or pass --overwrite to retrain every run"
+            )
+        return
+    if record.get("kind") != "train" or not isinstance(record.get("config"), dict):
+        raise _mismatch(run.directory, {"kind": (record.get("kind"), "train")})
+    differences = config_differences(record["config"], run.config)
+    recorded_weights = (record.get("weights") or {}).get("sha256")
+    for name, recorded, requested in (
+        ("data_sha256", record.get("data_sha256"), data_sha256),
+        ("weights_sha256", recorded_weights, weights_sha256),
+    ):
+        if recorded != requested:
+            differences[name] = (recorded, requested)
+    if differences:
+        raise _mismatch(run.directory, differences)
+
+
+def _check_stage2(group: Stage2Group, seed_dir: Path) -> None:
+    stage1 = _recorded(group.stage1)
+    stage1_done = stage1 is not None and stage1.get("status") == "finished"
+    for name, config in group.heads.items():
+        record = _recorded(seed_dir / name)
+        if record is None:
+            continue
+        if record.get("kind") != "decouple" or not isinstance(record.get("config"), dict):
+            raise _mismatch(seed_dir / name, {"kind": (record.get("kind"), "decouple")})
+        differences = config_differences(record["config"], config)
+        if record.get("stage1") != str(group.stage1.resolve()):
+            differences["stage1"] = (record.get("stage1"), str(group.stage1.resolve()))
+        if record.get("status") == "finished":
+            model_now = stage1.get("model_sha256") if stage1_done else None
+            if record.get("stage1_model_sha256") != model_now:
+                differences["stage1_model_sha256"] = (record.get("stage1_model_sha256"), model_now)
+        if differences:
+            raise _mismatch(seed_dir / name, differences)
+
+
+def check_existing_runs(plan, data_sha256: str, weights_sha256: str | None) -> None:
+    """Every run the study would reuse or resume was made with exactly the requested settings
+    (configuration, data and weights sha256; a stage-2 head also on the stage-1 model it would
+    now be fitted on); otherwise one error names the run and the differing settings."""
+    for steps in plan:
+        for step in steps:
+            if isinstance(step, Stage1Run):
+                _check_stage1(step, data_sha256, weights_sha256)
+            else:
+                _check_stage2(step, step.stage1.parent)
+
+
+# ---------------------------------------------------------------- running it
+
+
 def _finished(run_dir: Path) -> bool:
     """Finished and evaluated: a rerun of the study reuses it as it is."""
     return run_status(run_dir) == "finished" and (run_dir / "metrics.json").exists()
 
 
-def _stage1(config: TrainConfig, out: Path, cache_dir: Path | None) -> dict:
-    if not _finished(out):
-        train(config, out, resume=True, cache_dir=cache_dir, figures=False)
-    return read_json(out / "metrics.json")
+def _run_stage1(run: Stage1Run, overwrite: bool, cache_dir: Path | None) -> dict:
+    if overwrite or not _finished(run.directory):
+        train(run.config, run.directory, resume=not overwrite, overwrite=overwrite, cache_dir=cache_dir, figures=False)
+    return read_json(run.directory / "metrics.json")
 
 
-def _stage2(stage1: Path, configs: dict[str, Stage2Config], seed_dir: Path, cache_dir: Path | None) -> dict:
-    """Metrics of the stage-2 runs ``seed_dir/NAME``, fitted together where not finished."""
-    pending = {seed_dir / name: config for name, config in configs.items() if not _finished(seed_dir / name)}
+def _run_stage2(group: Stage2Group, overwrite: bool, cache_dir: Path | None) -> dict:
+    """Metrics of the stage-2 runs of ``group``, fitted together where not finished."""
+    seed_dir = group.stage1.parent
+    pending = {
+        seed_dir / name: config for name, config in group.heads.items() if overwrite or not _finished(seed_dir / name)
+    }
     if pending:  # stage 2 takes seconds: unfinished runs are redone
-        decouple_many(stage1, pending, overwrite=True, cache_dir=cache_dir, figures=False)
-    return {name: read_json(seed_dir / name / "metrics.json") for name in configs}
+        decouple_many(group.stage1, pending, overwrite=True, cache_dir=cache_dir, figures=False)
+    return {name: read_json(seed_dir / name / "metrics.json") for name in group.heads}
+
+
+def _run_summary(run_dir: Path, out: Path) -> dict:
+    """What results.json records of one run: its own configuration and provenance."""
+    record = read_json(run_dir / RUN_FILE)
+    if record["kind"] == "train":
+        config = from_record(TrainConfig, record["config"])
+        return {
+            "kind": "train",
+            "config": record["config"],
+            "epoch_sizes": record.get("epoch_sizes", config.epoch_sizes),
+            "test_image_size": run_test_size(record, config),
+            "test_size_grid": record.get("test_size_grid", {}),
+            "data_sha256": record["data_sha256"],
+            "weights_sha256": record["weights"]["sha256"],
+            "model_sha256": record.get("model_sha256"),
+            "wall_seconds": record.get("wall_seconds_this_session"),
+        }
+    return {
+        "kind": "decouple",
+        "config": record["config"],
+        "stage1": str(Path(record["stage1"]).relative_to(out.resolve())),
+        "stage1_model_sha256": record.get("stage1_model_sha256"),
+        "feature_image_size": record.get("feature_image_size"),
+        "beta": record.get("beta"),
+        "chosen": {k: v for k, v in record.get("chosen", {}).items() if k != "val_accuracy_by_tau"},
+    }
 
 
 def reproduce(
@@ -119,66 +248,80 @@ def reproduce(
     decay_reading: str | None = None,
     epochs: int | None = None,
     image_size: int | None = None,
+    size_schedule: str | None = None,
+    test_size: int | str | None = None,
+    lr_schedule: str | None = None,
+    tta: str | None = None,
+    overwrite: bool = False,
     cache_dir: Path | None = None,
+    overrides: dict | None = None,
 ) -> dict:
     """Run (or resume) the study and write its results and report into ``out``.
 
-    ``epochs`` and ``image_size`` override the preset's (recorded in ``results.json``).
+    Keyword arguments other than the preset override the preset's settings (recorded in
+    ``results.json``); ``overrides`` sets any other ``TrainConfig`` field (tests use it for small
+    internal configurations). A run already under ``out`` is reused or resumed only when it was
+    made with exactly these settings; otherwise nothing is written and the error says what
+    differs (``overwrite`` retrains everything).
     """
-    if preset not in PRESETS:
-        raise LongtailError(f"unknown preset '{preset}': choose one of {', '.join(PRESETS)}")
     if not seeds:
         raise LongtailError("--seeds needs at least one seed")
-    chosen = PRESETS[preset]
+    if len(set(seeds)) != len(seeds):
+        raise LongtailError(f"--seeds lists a seed twice: {list(seeds)}")
+    given = {
+        "epochs": epochs,
+        "image_size": image_size,
+        "size_schedule": size_schedule,
+        "test_size": test_size,
+        "lr_schedule": lr_schedule,
+        "tta": tta,
+        "decay_reading": decay_reading,
+        **(overrides or {}),
+    }
+    given = {key: value for key, value in given.items() if value is not None}
+    base = study_config(preset, data=data, weights=weights, imbalance=imbalance, given=given)
     out = Path(out)
     started = time.perf_counter()
-    base = TrainConfig(
-        data=data,
-        weights=weights,
-        imbalance=imbalance,
-        image_size=chosen.image_size if image_size is None else image_size,
-        epochs=chosen.epochs if epochs is None else epochs,
-        max_per_class=chosen.max_per_class,
-    )
-    if decay_reading is not None:
-        base = dataclasses.replace(base, decay_reading=decay_reading)
-    base.validate()
     # Bad data or weights fail here, before anything is written.
-    build_model(load_arrays(data, cache_dir).num_classes, weights)
+    arrays = load_arrays(data, cache_dir)
+    _, weights_info = build_model(arrays.num_classes, weights)
+    plan = _plan(base, tuple(seeds), extras, out)
+    if not overwrite:
+        check_existing_runs(plan, arrays.fingerprint, weights_info.sha256)
     per_strategy: dict[str, list[dict]] = {}
     with RunLock(out):
-        for seed in seeds:
-            seed_dir = out / f"seed{seed}"
-            stage1_dir = seed_dir / "baseline"
-            # Cheap stage-2 heads right after the stage 1 they share, so results arrive early.
-            runs = {"baseline": _stage1(dataclasses.replace(base, seed=seed), stage1_dir, cache_dir)}
-            study_heads = {f"decoupled-{loss}": Stage2Config(loss=loss, seed=seed) for loss in STUDY_LOSSES}
-            runs.update(_stage2(stage1_dir, study_heads, seed_dir, cache_dir))
-            runs["reweight"] = _stage1(
-                dataclasses.replace(base, seed=seed, strategy="reweight"), seed_dir / "reweight", cache_dir
-            )
-            if extras:
-                extra_heads = {name: dataclasses.replace(config, seed=seed) for name, config in EXTRA_STAGE2.items()}
-                runs.update(_stage2(stage1_dir, extra_heads, seed_dir, cache_dir))
-                for strategy in EXTRA_STAGE1:
-                    runs[strategy] = _stage1(
-                        dataclasses.replace(base, seed=seed, strategy=strategy), seed_dir / strategy, cache_dir
-                    )
+        for steps in plan:
+            runs: dict[str, dict] = {}
+            for step in steps:
+                if isinstance(step, Stage1Run):
+                    runs[step.directory.name] = _run_stage1(step, overwrite, cache_dir)
+                else:
+                    runs.update(_run_stage2(step, overwrite, cache_dir))
             runs = {"baseline": runs.pop("baseline"), "reweight": runs.pop("reweight"), **runs}  # the study's order
             for name, metrics in runs.items():
                 per_strategy.setdefault(name, []).append(metrics)
-        baseline_run = read_json(out / f"seed{seeds[0]}" / "baseline" / "run.json")
+        baseline_run = read_json(out / f"seed{seeds[0]}" / "baseline" / RUN_FILE)
+        shared = {k: v for k, v in dataclasses.asdict(base).items() if k != "seed"}
         results = {
             "config": {
                 "preset": preset,
-                "preset_reason": chosen.reason,
-                "overrides": {k: v for k, v in (("epochs", epochs), ("image_size", image_size)) if v is not None},
-                **dataclasses.asdict(base),
+                "preset_reason": PRESETS[preset].reason,
+                "overrides": given,
+                **shared,
                 "seeds": list(seeds),
                 "extras": extras,
-                "stage2": dataclasses.asdict(Stage2Config()),
+                "stage2": {k: v for k, v in dataclasses.asdict(Stage2Config()).items() if k != "seed"},
             },
             "strategies": {name: aggregate_seeds(metrics, seeds) for name, metrics in per_strategy.items()},
+        }
+        if base.tta == "flip":  # rows of their own, never mixed into the study's
+            results["strategies_tta_flip"] = {
+                name: aggregate_seeds([m["tta_flip"] for m in metrics], seeds) for name, metrics in per_strategy.items()
+            }
+        results["runs"] = {
+            f"seed{seed}/{name}": _run_summary(out / f"seed{seed}" / name, out)
+            for seed in seeds
+            for name in per_strategy
         }
         environment = {
             "data_source": baseline_run["data_source"],

@@ -1,0 +1,327 @@
+"""The settings of a stage-1 run (``TrainConfig``) and of a stage-2 head (``Stage2Config``), and
+their validation.
+
+Torch-free, like ``longtail.choices``: the command line checks every value before it imports
+torch or touches a run directory, so a bad value answers at once with one line that names the
+option. The dataclasses are what ``run.json`` records (``dataclasses.asdict``) and what a study
+or a resume compares (``config_differences``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import ClassVar
+
+from longtail.choices import (
+    BN_MODES,
+    DECAY_READINGS,
+    DEFAULT_DECAY_READING,
+    LR_SCHEDULES,
+    PROFILES,
+    SAMPLERS,
+    STAGE2_LOSSES,
+    STAGE2_METHODS,
+    STRATEGIES,
+    TTA_MODES,
+)
+from longtail.errors import LongtailError
+
+MIN_IMAGE_SIZE = 32  # the CIFAR images' own size; EfficientNet-B0's stride is 32
+MAX_IMAGE_SIZE = 1024
+MAX_SEED = 2**32 - 1  # numpy's seeds are 32-bit
+TEST_SIZE_MODES = ("auto", "train")
+
+
+# ---------------------------------------------------------------- checks shared by both configs
+
+
+def _option(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def check_int(name: str, value, low: int, high: int | None = None) -> None:
+    """``value`` must be an integer in ``[low, high]``; the message names the option."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value > high):
+        bounds = f"between {low} and {high}" if high is not None else f"at least {low}"
+        raise LongtailError(f"{_option(name)} must be an integer {bounds}, got {value!r}")
+
+
+def check_float(
+    name: str, value, low: float, high: float | None = None, *, low_open: bool = False, high_open: bool = False
+) -> None:
+    """``value`` must be a finite number in the interval (open ends where asked)."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    ok = ok and (value > low if low_open else value >= low)
+    if high is not None:
+        ok = ok and (value < high if high_open else value <= high)
+    if not ok:
+        left, right = "(" if low_open else "[", ")" if high_open else "]"
+        interval = (
+            f"in {left}{low:g}, {high:g}{right}"
+            if high is not None
+            else (f"greater than {low:g}" if low_open else f"at least {low:g}")
+        )
+        raise LongtailError(f"{_option(name)} must be a finite number {interval}, got {value!r}")
+
+
+def check_choice(name: str, value, choices) -> None:
+    if value not in choices:
+        raise LongtailError(f"unknown {_option(name)} '{value}': choose one of {', '.join(map(str, choices))}")
+
+
+def parse_size_schedule(spec: str) -> list[tuple[int, int]]:
+    """``"48:4,64:3"`` -> ``[(48, 4), (64, 3)]``: image size and number of epochs, in order."""
+    stages = []
+    for part in spec.split(","):
+        size, colon, epochs = part.strip().partition(":")
+        try:
+            stage = (int(size), int(epochs))
+        except ValueError:
+            stage = None
+        if not colon or stage is None or stage[1] < 1 or not MIN_IMAGE_SIZE <= stage[0] <= MAX_IMAGE_SIZE:
+            raise LongtailError(
+                f"--size-schedule: '{part}' is not SIZE:EPOCHS with a size in {MIN_IMAGE_SIZE}..{MAX_IMAGE_SIZE} "
+                "and at least one epoch (example: --size-schedule 48:4,64:3)"
+            )
+        stages.append(stage)
+    return stages
+
+
+# ---------------------------------------------------------------- stage 1
+
+
+@dataclass
+class TrainConfig:
+    """Everything that determines a stage-1 run. Defaults are the study's fixed hyperparameters."""
+
+    data: str | None = None
+    weights: str = "imagenet"
+    strategy: str = "baseline"
+    imbalance: float = 100.0
+    profile: str = "exp"
+    max_per_class: int | None = None
+    val_per_class: int = 50
+    image_size: int = 32  # the training size (the last epochs' under a size schedule)
+    epochs: int = 30  # study
+    batch_size: int = 128  # study
+    lr: float = 1e-4  # study, Adam (the peak under a schedule)
+    decay_reading: str = DEFAULT_DECAY_READING
+    decay_value: float = 0.9999  # study
+    bn: str = "auto"
+    seed: int = 0
+    deterministic: bool = False
+    augment: bool = True
+    drw_start: float = 0.8  # LDAM-DRW re-weights from this fraction of the epochs on (160/200 in Cao et al.)
+    device: str = "auto"
+    compile: bool = False
+    # Progressive resizing: "SIZE:EPOCHS,..." in order, ending at image_size; None: image_size throughout.
+    size_schedule: str | None = None
+    lr_schedule: str = "constant"  # study; "cosine" is a named deviation
+    # Input size of the test metrics: "auto" (chosen on the validation split among sizes from the
+    # training size up), "train" (the training size) or a number of pixels.
+    test_size: int | str = "auto"
+    tta: str = "none"  # "flip": also report metrics with flip test-time augmentation
+
+    # Fields added after runs were recorded without them, with the value those runs imply.
+    ADDED_LATER: ClassVar[dict] = {
+        "size_schedule": None,
+        "lr_schedule": "constant",
+        "test_size": "train",
+        "tta": "none",
+    }
+
+    def validate(self) -> None:
+        """Check every value; the error names the option and says what it accepts."""
+        check_choice("strategy", self.strategy, STRATEGIES)
+        check_choice("decay_reading", self.decay_reading, DECAY_READINGS)
+        check_choice("bn", self.bn, BN_MODES)
+        check_choice("profile", self.profile, PROFILES)
+        check_choice("device", self.device, ("auto", "cpu", "cuda"))
+        check_choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
+        check_choice("tta", self.tta, TTA_MODES)
+        if not (isinstance(self.imbalance, (int, float)) and math.isfinite(self.imbalance) and self.imbalance >= 1):
+            raise LongtailError(f"--imbalance must be a finite number >= 1, got {self.imbalance!r}")
+        if self.max_per_class is not None:
+            check_int("max_per_class", self.max_per_class, 1)
+        check_int("val_per_class", self.val_per_class, 0)
+        check_int("image_size", self.image_size, MIN_IMAGE_SIZE, MAX_IMAGE_SIZE)
+        check_int("epochs", self.epochs, 1)
+        check_int("batch_size", self.batch_size, 1)
+        check_int("seed", self.seed, 0, MAX_SEED)
+        check_float("lr", self.lr, 0.0, low_open=True)
+        if self.decay_reading in ("cb-beta", "ema"):  # a beta or an EMA decay: a fraction
+            check_float("decay_value", self.decay_value, 0.0, 1.0, high_open=self.decay_reading == "cb-beta")
+        else:  # a weight-decay coefficient
+            check_float("decay_value", self.decay_value, 0.0)
+        check_float("drw_start", self.drw_start, 0.0, 1.0)
+        if self.size_schedule is not None:
+            stages = parse_size_schedule(self.size_schedule)
+            total = sum(epochs for _, epochs in stages)
+            if total != self.epochs or stages[-1][0] != self.image_size:
+                raise LongtailError(
+                    f"--size-schedule {self.size_schedule} has {total} epochs ending at {stages[-1][0]} px, but "
+                    f"--epochs is {self.epochs} and --image-size {self.image_size}: leave those two out or make them "
+                    "agree"
+                )
+        if self.test_size not in TEST_SIZE_MODES:
+            check_int("test_size", self.test_size, MIN_IMAGE_SIZE, MAX_IMAGE_SIZE)
+
+    def epoch_size(self, epoch: int) -> int:
+        """The training image size of ``epoch`` (0-based)."""
+        if self.size_schedule is None:
+            return self.image_size
+        for size, epochs in parse_size_schedule(self.size_schedule):
+            if epoch < epochs:
+                return size
+            epoch -= epochs
+        return self.image_size
+
+    @property
+    def epoch_sizes(self) -> list[int]:
+        return [self.epoch_size(epoch) for epoch in range(self.epochs)]
+
+
+def parse_test_size(text: str) -> int | str:
+    """The command line's ``--test-size``: auto, train or a number of pixels."""
+    if text in TEST_SIZE_MODES:
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise LongtailError(f"--test-size must be auto, train or a number of pixels, got '{text}'") from None
+
+
+# ---------------------------------------------------------------- stage 2
+
+
+@dataclass
+class Stage2Config:
+    """One stage-2 head. Head-training defaults: Adam lr 1e-3, batch 128, 30 epochs (the
+    stage-1 batch size and epoch count; a fresh linear layer on fixed features needs the
+    larger learning rate, measured in ../shared/NOTES.md)."""
+
+    method: str = "retrain"
+    loss: str = "ce"
+    sampler: str | None = None  # None: class-balanced for crt and lws, instance otherwise
+    epochs: int = 30
+    batch_size: int = 128
+    lr: float = 1e-3
+    views: int = 0  # augmented copies of the train features (0: the plain images only)
+    tau: float | None = None  # None: tuned on validation where the method has a tau
+    gamma: float = 1.0
+    beta: float | None = None  # None: the stage-1 run's --decay-value under the cb-beta reading, else 0.9999
+    seed: int = 0
+
+    ADDED_LATER: ClassVar[dict] = {}  # every field was recorded from the start
+
+    def validate(self) -> None:
+        check_choice("method", self.method, STAGE2_METHODS)
+        check_choice("loss", self.loss, STAGE2_LOSSES)
+        if self.sampler is not None:
+            check_choice("sampler", self.sampler, SAMPLERS)
+        check_int("epochs", self.epochs, 1)
+        check_int("batch_size", self.batch_size, 1)
+        check_float("lr", self.lr, 0.0, low_open=True)
+        check_int("views", self.views, 0, 64)
+        if self.tau is not None:
+            check_float("tau", self.tau, 0.0, 100.0)
+        check_float("gamma", self.gamma, 0.0, 100.0)
+        if self.beta is not None:
+            check_float("beta", self.beta, 0.0, 1.0, high_open=True)
+        check_int("seed", self.seed, 0, MAX_SEED)
+
+    @property
+    def resolved_sampler(self) -> str:
+        if self.sampler is not None:
+            return self.sampler
+        return "class-balanced" if self.loss == "crt" or self.method == "lws" else "instance"
+
+
+# ---------------------------------------------------------------- comparing recorded settings
+
+
+def recorded_settings(cls, record: dict) -> dict:
+    """A recorded config (``run.json``'s ``config``) with the fields it predates filled in with
+    what they were then (``cls.ADDED_LATER``); a field neither recorded nor added later is
+    absent, and so differs from any request."""
+    return {**cls.ADDED_LATER, **record}
+
+
+def from_record(cls, record: dict):
+    """The config dataclass ``cls`` of a recorded run."""
+    return cls(**recorded_settings(cls, record))
+
+
+def config_differences(stored: dict, current) -> dict[str, tuple]:
+    """``{field: (recorded, requested)}`` for every setting of ``current`` (a config dataclass)
+    that the record ``stored`` (its ``asdict``) does not match."""
+    recorded = recorded_settings(type(current), stored)
+    missing = object()
+    return {
+        name: (None if recorded.get(name, missing) is missing else recorded[name], value)
+        for name, value in dataclasses.asdict(current).items()
+        if recorded.get(name, missing) != value
+    }
+
+
+def describe_differences(differences: dict[str, tuple]) -> str:
+    return ", ".join(f"{name}: recorded {old!r}, requested {new!r}" for name, (old, new) in differences.items())
+
+
+# ---------------------------------------------------------------- presets of `longtail reproduce`
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Stage-1 settings of a preset; everything else is the study's (Adam, lr 1e-4, batch 128)."""
+
+    image_size: int
+    epochs: int
+    max_per_class: int | None
+    reason: str
+    size_schedule: str | None = None
+    test_size: int | str = "auto"
+    lr_schedule: str = "constant"
+
+
+PRESETS = {
+    # The study's recipe: pretrained B0 at 224 px, 30 epochs, constant lr; the test size is the
+    # training size unless validation says otherwise. About 25 min per epoch on 2 CPU cores, so it
+    # is meant for a GPU.
+    "seed": Preset(224, 30, None, "the study's recipe: 224 px, 30 epochs (GPU)"),
+    # The most faithful configuration whose whole study (baseline + Reweight stage-1 runs,
+    # features, all stage-2 heads, evaluation) fits 60 minutes on 2 CPU cores: chosen by
+    # measurement, see RESULTS.md ("Choosing the cpu preset").
+    "cpu": Preset(64, 8, None, "64 px, 8 epochs: the largest that fits 60 min on 2 CPU cores (measured)"),
+    # A few minutes: a small long-tailed subset at 32 px, for tests and a first look.
+    "smoke": Preset(32, 1, 200, "32 px, 1 epoch, 200 images in the head class (a few minutes)"),
+}
+
+
+def study_config(preset: str, *, data, weights: str, imbalance: float, given: dict) -> TrainConfig:
+    """The stage-1 settings shared by every run of a study: the preset's, with ``given`` (any
+    ``TrainConfig`` field) overriding them. A --size-schedule given alone sets the epochs and the
+    image size; an --epochs or --image-size given without one replaces the preset's schedule."""
+    check_choice("preset", preset, PRESETS)
+    chosen = PRESETS[preset]
+    settings = {
+        "image_size": chosen.image_size,
+        "epochs": chosen.epochs,
+        "max_per_class": chosen.max_per_class,
+        "size_schedule": chosen.size_schedule,
+        "test_size": chosen.test_size,
+        "lr_schedule": chosen.lr_schedule,
+    }
+    if "size_schedule" in given and not {"epochs", "image_size"} & given.keys():
+        stages = parse_size_schedule(given["size_schedule"])
+        settings.update(epochs=sum(e for _, e in stages), image_size=stages[-1][0])
+    elif {"epochs", "image_size"} & given.keys() and "size_schedule" not in given:
+        settings["size_schedule"] = None
+    unknown = sorted(set(given) - {f.name for f in dataclasses.fields(TrainConfig)})
+    if unknown:
+        raise LongtailError(f"unknown study settings {unknown}")
+    config = TrainConfig(data=data, weights=weights, imbalance=imbalance, **{**settings, **given})
+    config.validate()
+    return config
