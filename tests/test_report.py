@@ -139,11 +139,13 @@ def test_confusion_matrix_size(tmp_path):
 def test_study_figures_one_confusion_per_strategy(rendered):
     results, out_dir = rendered
     figures = sorted((out_dir / "figures").glob("*.png"))
-    assert len(figures) == len(STRATEGIES) + 2
+    assert len(figures) == len(STRATEGIES) + 4
     for path in figures:
         _assert_png(path)
     names = {path.name for path in figures}
     assert {
+        "summary.png",
+        "precision_recall_baseline.png",
         "recall_comparison.png",
         "class_histogram.png",
         "confusion_baseline.png",
@@ -194,7 +196,7 @@ def test_html_is_self_contained(rendered):
     assert not re.search(r"""(?:src|href)\s*=\s*["']?\s*(?:https?:)?//""", page, re.IGNORECASE)
     assert "<link" not in page.lower()
     images = re.findall(r"<img\b[^>]*>", page)
-    assert len(images) == len(STRATEGIES) + 2
+    assert len(images) == len(STRATEGIES) + 4
     assert all('src="data:image/png;base64,' in image for image in images)
 
 
@@ -213,7 +215,7 @@ def test_html_escapes_and_shows_everything(rendered):
 def test_html_renders_in_headless_chromium(rendered, tmp_path):
     results, out_dir = rendered
     dom = _chromium("--dump-dom", (out_dir / "report.html").as_uri(), tmp_path=tmp_path).stdout
-    assert f'data-images-loaded="{len(STRATEGIES) + 2}"' in dom
+    assert f'data-images-loaded="{len(STRATEGIES) + 4}"' in dom
     for name in STRATEGIES:
         strategy = name.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
         assert re.search(rf"<tr><td>{re.escape(strategy)}</td><td>", dom), name
@@ -225,3 +227,26 @@ def test_html_screenshot_is_not_blank(rendered, tmp_path):
     _chromium(f"--screenshot={shot}", "--window-size=1280,2000", (out_dir / "report.html").as_uri(), tmp_path=tmp_path)
     _assert_png(shot)
     assert imread(shot).std() > 0
+
+
+def test_the_report_opens_with_the_answer(rendered, tmp_path):
+    # The summary chart and the comparison table come first; configuration and environment last.
+    results, out_dir = rendered
+    dom = _chromium("--dump-dom", (out_dir / "report.html").as_uri(), tmp_path=tmp_path).stdout
+    chart = dom.index('alt="Top-1 by strategy')
+    positions = [dom.index(heading) for heading in ("<h2>Comparison</h2>", "<h2>Run configuration</h2>")]
+    assert chart < positions[0] < positions[1] < dom.index("<h2>Environment</h2>")
+    markdown = (out_dir / "results.md").read_text(encoding="utf-8")
+    assert markdown.index("figures/summary.png") < markdown.index("## Comparison") < markdown.index("## Configuration")
+
+
+def test_flip_tta_rows_stand_apart_from_the_study_rows(tmp_path):
+    results = _fake_results(("baseline", "reweight"))
+    flipped = _fake_results(("baseline", "reweight"))["strategies"]
+    flipped["baseline"]["mean"]["accuracy"] = 0.5
+    results["strategies_tta_flip"] = flipped
+    report.write_results_markdown(results, tmp_path / "results.md")
+    markdown = (tmp_path / "results.md").read_text(encoding="utf-8")
+    plain, tta = markdown.split("## With flip test-time augmentation")
+    assert _md_row(plain, "baseline")[2].startswith(report._pct(results["strategies"]["baseline"]["mean"]["accuracy"]))
+    assert _md_row(tta, "baseline")[2].startswith("50.00")

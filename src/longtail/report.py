@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import html
+import io
 import json
 import re
 from collections.abc import Mapping, Sequence
@@ -18,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure
+
+from longtail.runs import atomic_write_bytes
 
 # Numbers the study reported (fractions); strategies or metrics not listed were not reported.
 STUDY_REPORTED: dict[str, dict[str, float]] = {
@@ -53,11 +56,11 @@ _DPI = 100
 
 
 def _save(fig: Figure, path) -> Path:
-    """Write ``fig`` as PNG to ``path`` (creating its folder) and return the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=_DPI, format="png")
-    return path
+    """Write ``fig`` as PNG to ``path`` atomically (creating its folder) and return the path."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, dpi=_DPI, format="png")
+    atomic_write_bytes(Path(path), buffer.getvalue())
+    return Path(path)
 
 
 def plot_confusion_matrix(metrics: dict, path, title: str) -> Path:
@@ -142,6 +145,47 @@ def plot_recall_comparison(strategies: Mapping[str, dict], path) -> Path:
     return _save(fig, path)
 
 
+def plot_summary(strategies: Mapping[str, dict], path) -> Path:
+    """The answer at a glance: top-1 per strategy (mean ± std over seeds) beside the number the
+    study reported, and the many / medium / few recall of each strategy."""
+    names = list(strategies)
+    y = np.arange(len(names))[::-1]
+    fig = Figure(figsize=(12, 0.45 * len(names) + 2.2), layout="constrained")
+    top1, groups = fig.subplots(1, 2, width_ratios=(1.1, 1))
+    means = [100 * strategies[n]["mean"]["accuracy"] for n in names]
+    stds = [100 * strategies[n]["std"]["accuracy"] for n in names]
+    top1.barh(y, means, xerr=stds, color="tab:blue", alpha=0.8, capsize=3, label="ours (mean ± std over seeds)")
+    for row, mean, std in zip(y, means, stds, strict=True):
+        top1.text(mean + std + 1.5, row, f"{mean:.1f}", va="center", fontsize=8)
+    reported = [
+        (row, 100 * STUDY_REPORTED[n]["accuracy"]) for row, n in zip(y, names, strict=True) if n in STUDY_REPORTED
+    ]
+    if reported:
+        rows, values = zip(*reported, strict=True)
+        top1.scatter(values, rows, marker="D", color="black", zorder=3, label="the study reported")
+    top1.set_yticks(y, names)
+    top1.set_xlim(0, 105)
+    top1.set_xlabel("top-1 accuracy (%)")
+    top1.grid(axis="x", alpha=0.3)
+    top1.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12), fontsize=8, ncols=2, frameon=False)
+    top1.set_title("Top-1 by strategy")
+    width = 0.27
+    colours = {"many": "tab:green", "medium": "tab:orange", "few": "tab:red"}
+    for offset, group in zip((width, 0.0, -width), colours, strict=True):
+        values = [strategies[n]["mean"].get(group) for n in names]
+        shown = [(row + offset, 100 * v) for row, v in zip(y, values, strict=True) if v is not None]
+        if shown:
+            rows, heights = zip(*shown, strict=True)
+            groups.barh(rows, heights, height=width, color=colours[group], label=group)
+    groups.set_yticks(y, [""] * len(names))
+    groups.set_xlim(0, 105)
+    groups.set_xlabel("mean recall of the group's classes (%)")
+    groups.grid(axis="x", alpha=0.3)
+    groups.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12), fontsize=8, ncols=3, frameon=False)
+    groups.set_title("Many / medium / few-shot classes")
+    return _save(fig, path)
+
+
 def write_run_figures(metrics: dict, out_dir) -> list[Path]:
     """The figures of one evaluated run, under ``out_dir/figures``."""
     figures = Path(out_dir) / "figures"
@@ -159,8 +203,9 @@ def _slug(name: str) -> str:
 
 
 def write_study_figures(results: dict, out_dir) -> dict[str, Path]:
-    """All figures of a study under ``out_dir/figures``, keyed ``confusion_<name>``, ``recall_comparison``
-    and ``class_histogram``."""
+    """All figures of a study under ``out_dir/figures``, keyed ``summary``, ``confusion_<name>``,
+    ``precision_recall_baseline`` (when the study has a baseline), ``recall_comparison`` and
+    ``class_histogram``."""
     figures = Path(out_dir) / "figures"
     strategies = results["strategies"]
     paths = {
@@ -169,6 +214,13 @@ def write_study_figures(results: dict, out_dir) -> dict[str, Path]:
         )
         for name, entry in strategies.items()
     }
+    paths["summary"] = plot_summary(strategies, figures / "summary.png")
+    if "baseline" in strategies:
+        baseline = strategies["baseline"]
+        title = f"baseline: per-class precision and recall (top-1 {_pct(baseline['accuracy'])}%)"
+        paths["precision_recall_baseline"] = plot_precision_recall(
+            baseline, figures / "precision_recall_baseline.png", title
+        )
     paths["recall_comparison"] = plot_recall_comparison(strategies, figures / "recall_comparison.png")
     first = next(iter(strategies.values()))
     paths["class_histogram"] = plot_class_histogram(
@@ -271,21 +323,64 @@ def _md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]
     return ["| " + " | ".join(_md_cell(cell) for cell in row) + " |" for row in (header, rule, *rows)]
 
 
+_HEAD_TAIL_CAPTION = (
+    "Baseline, per class (head classes on the left): the head classes are recalled well but predicted too "
+    "often (low precision), the tail classes the reverse"
+)
+_TTA_NOTE = (
+    "With flip test-time augmentation (the logits of each test image and its mirror averaged): rows of their "
+    "own, never mixed into the table above; the same heads and temperatures, chosen without it."
+)
+
+
+def run_rows(runs: Mapping[str, dict]) -> list[list[str]]:
+    """Rows (``RUN_HEADER``) of every run of a study: its kind, input sizes and what was chosen."""
+    rows = []
+    for name, run in runs.items():
+        if run["kind"] == "train":
+            sizes = run.get("epoch_sizes") or []
+            schedule = ", ".join(f"{size}×{sizes.count(size)}" for size in dict.fromkeys(sizes))
+            grid = run.get("test_size_grid") or {}
+            chosen = ", ".join(f"{size}: {_pct(acc)}" for size, acc in grid.items())
+            rows.append([name, "stage 1", schedule, str(run["test_image_size"]), chosen or _NONE])
+        else:
+            tau = (run.get("chosen") or {}).get("tau")
+            rows.append([name, f"stage 2 on {run['stage1']}", _NONE, str(run.get("feature_image_size")),
+                         _NONE if tau is None else f"tau {tau}"])  # fmt: skip
+    return rows
+
+
+RUN_HEADER = ("Run", "Kind", "Training sizes (px × epochs)", "Test size (px)", "Chosen on validation (%)")
+
+
 def write_results_markdown(results: dict, path) -> None:
-    """``results.md``: configuration, comparison table, study-reported numbers and per-class tables."""
+    """``results.md``: the summary chart and the comparison table first, then the study-reported
+    numbers, flip-TTA rows (when measured), per-class tables, the runs, and configuration and
+    environment at the end."""
     strategies = results["strategies"]
-    lines = ["# CIFAR-10-LT long-tail study: results", "", "## Configuration", ""]
-    lines += [f"- {key}: {_format_value(value)}" for key, value in results["config"].items()]
+    lines = [
+        "# CIFAR-10-LT long-tail study: results",
+        "",
+        "![Top-1 and many/medium/few by strategy](figures/summary.png)",
+    ]
     lines += ["", "## Comparison", "", _seed_note(strategies), ""]
     lines += _md_table(COMPARISON_HEADER, comparison_rows(strategies))
     lines += ["", "## Study-reported numbers", ""]
     lines += _md_table(STUDY_HEADER, study_rows(strategies))
+    if results.get("strategies_tta_flip"):
+        lines += ["", "## With flip test-time augmentation", "", _TTA_NOTE, ""]
+        lines += _md_table(COMPARISON_HEADER, comparison_rows(results["strategies_tta_flip"]))
     lines += ["", "## Per-class results (mean over seeds, %)"]
     for name, entry in strategies.items():
         lines += ["", f"### {name}", ""] + _md_table(PER_CLASS_HEADER, per_class_rows(entry))
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    if results.get("runs"):
+        lines += ["", "## Runs", ""] + _md_table(RUN_HEADER, run_rows(results["runs"]))
+    lines += ["", "## Configuration", ""]
+    lines += [f"- {key}: {_format_value(value)}" for key, value in results["config"].items()]
+    if results.get("environment"):
+        lines += ["", "## Environment", ""]
+        lines += [f"- {key}: {_format_value(value)}" for key, value in results["environment"].items()]
+    atomic_write_bytes(Path(path), ("\n".join(lines) + "\n").encode("utf-8"))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -366,20 +461,42 @@ def write_report_html(results: dict, out_dir, *, environment: dict, figures: Map
     title = "CIFAR-10-LT long-tail study: results"
     body = [
         f"<h1>{html.escape(title)}</h1>",
-        "<h2>Run configuration</h2>",
-        _html_key_values(results["config"]),
-        "<h2>Environment</h2>",
-        _html_key_values(environment),
+        _html_figure(
+            figures["summary"],
+            "Top-1 by strategy (mean ± std over seeds; ◆ the study's number) and many / medium / few-shot recall",
+        ),  # fmt: skip
         "<h2>Comparison</h2>",
         f'<p class="note">{html.escape(_seed_note(strategies))}</p>',
         f'<div class="scroll">{_html_table(COMPARISON_HEADER, comparison_rows(strategies))}</div>',
         "<h2>Study-reported numbers</h2>",
         _html_table(STUDY_HEADER, study_rows(strategies)),
+    ]
+    if results.get("strategies_tta_flip"):
+        flipped = comparison_rows(results["strategies_tta_flip"])
+        body += [
+            "<h2>With flip test-time augmentation</h2>",
+            f'<p class="note">{html.escape(_TTA_NOTE)}</p>',
+            f'<div class="scroll">{_html_table(COMPARISON_HEADER, flipped)}</div>',
+        ]
+    body += [
         "<h2>Figures</h2>",
         _html_figure(figures["class_histogram"], "Training images per class"),
+        *(
+            [_html_figure(figures["precision_recall_baseline"], _HEAD_TAIL_CAPTION)]
+            if "precision_recall_baseline" in figures
+            else []
+        ),
         _html_figure(figures["recall_comparison"], "Per-class recall by strategy"),
         "<h2>Per-class results (mean over seeds, %)</h2>",
         *_html_strategy_sections(strategies, figures),
+    ]
+    if results.get("runs"):
+        body += ["<h2>Runs</h2>", f'<div class="scroll">{_html_table(RUN_HEADER, run_rows(results["runs"]))}</div>']
+    body += [
+        "<h2>Run configuration</h2>",
+        _html_key_values(results["config"]),
+        "<h2>Environment</h2>",
+        _html_key_values(environment),
     ]
     page = (
         '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
@@ -387,8 +504,7 @@ def write_report_html(results: dict, out_dir, *, environment: dict, figures: Map
         "</head>\n<body>\n" + "\n".join(body) + "\n</body>\n</html>\n"
     )
     path = Path(out_dir) / "report.html"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(page, encoding="utf-8")
+    atomic_write_bytes(path, page.encode("utf-8"))
     return path
 
 
