@@ -127,13 +127,13 @@ def test_selection_is_deterministic_per_seed_and_differs_across_seeds(cifar10_la
 
 
 def test_negative_validation_size_raises(cifar10_labels):
-    with pytest.raises(LongtailError, match="val_per_class"):
+    with pytest.raises(LongtailError, match="--val-per-class"):
         select_long_tail(cifar10_labels, 10, 100, "exp", seed=0, val_per_class=-1)
 
 
 def test_validation_that_takes_a_whole_class_raises():
     labels = np.repeat(np.arange(3), [8, 5, 9])
-    with pytest.raises(LongtailError, match="val_per_class 5 leaves no training images \\(smallest class has 5\\)"):
+    with pytest.raises(LongtailError, match="--val-per-class 5 leaves no training images \\(the smallest class has 5\\)"):
         select_long_tail(labels, 3, 2, "exp", seed=0, val_per_class=5, max_per_class=2)
     # Profile [5, 3, 2] (n_max = 5, IF 2), capped at size - 4 = [4, 1, 5].
     assert select_long_tail(labels, 3, 2, "exp", seed=0, val_per_class=4).train_counts == [4, 1, 2]
@@ -143,7 +143,7 @@ def test_max_per_class_sets_the_head_count():
     labels = np.repeat(np.arange(3), [50, 40, 60])
     split = select_long_tail(labels, 3, 4, "exp", seed=0, val_per_class=5, max_per_class=20)
     assert split.profile_counts == [20, 10, 5] and split.train_counts == [20, 10, 5]
-    with pytest.raises(LongtailError, match="max_per_class"):
+    with pytest.raises(LongtailError, match="--max-per-class"):
         select_long_tail(labels, 3, 4, "exp", seed=0, val_per_class=5, max_per_class=41)
 
 

@@ -181,6 +181,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _command_data(args) -> None:
+    TrainConfig(
+        data=args.data,
+        imbalance=args.imbalance,
+        profile=args.profile,
+        max_per_class=args.max_per_class,
+        val_per_class=args.val_per_class,
+        seed=args.seed,
+    ).validate()
     from longtail.data import load_arrays, long_tail_split
 
     arrays = load_arrays(args.data, args.cache_dir)
@@ -333,7 +341,8 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         COMMANDS[args.command](args)
     except LongtailError as error:
-        print(f"longtail: error: {error}", file=sys.stderr)
+        message = " ".join(part.strip() for part in str(error).splitlines() if part.strip())  # always one line
+        print(f"longtail: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("longtail: interrupted; rerun with --resume to continue from the last checkpoint", file=sys.stderr)

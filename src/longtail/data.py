@@ -242,8 +242,7 @@ def _cached_decode(kind: str, source: Path, fingerprint: str, cache_dir: Path) -
             )
     else:
         if kind == "tarball":
-            cache_dir.mkdir(parents=True, exist_ok=True)
-            with tempfile.TemporaryDirectory(dir=cache_dir, prefix=".extract-") as scratch:
+            with tempfile.TemporaryDirectory(prefix="longtail-extract-") as scratch:
                 *arrays, names = _load_tarball(source, Path(scratch))
         else:
             *arrays, names = _load_image_folder(source)
@@ -270,7 +269,7 @@ def load_arrays(source: str | os.PathLike | None, cache_dir: Path | None = None)
                 "torchvision CIFAR-10 root) or set LONGTAIL_DATA"
             )
     path = Path(source).expanduser()
-    cache_dir = cache_dir or default_cache_dir()
+    cache_dir = Path(cache_dir or default_cache_dir())
     try:
         exists = path.exists()
     except OSError as error:  # e.g. PermissionError: a folder on the way cannot be searched
@@ -282,6 +281,8 @@ def load_arrays(source: str | os.PathLike | None, cache_dir: Path | None = None)
         )
     if not os.access(path, os.R_OK):
         raise LongtailError(f"data path {path} is not readable; check its permissions")
+    if cache_dir.exists() and not cache_dir.is_dir():
+        raise LongtailError(f"cache directory {cache_dir} is a file, not a directory: pass another --cache-dir")
     if path.is_file() and path.suffix == ".npz":
         stat = path.stat()
         return _load_npz_once(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
@@ -355,16 +356,21 @@ def select_long_tail(
     smaller long-tailed sets with the same profile.
     """
     if val_per_class < 0:
-        raise LongtailError(f"val_per_class must be >= 0, got {val_per_class}")
+        raise LongtailError(f"--val-per-class must be >= 0, got {val_per_class}")
     per_class = [np.flatnonzero(labels == c) for c in range(num_classes)]
     n_max = min(len(members) for members in per_class)
     if max_per_class is not None:
         if not 1 <= max_per_class <= n_max:
-            raise LongtailError(f"max_per_class must be between 1 and {n_max}, got {max_per_class}")
+            raise LongtailError(
+                f"--max-per-class must be between 1 and {n_max} (the smallest class's size), got {max_per_class}"
+            )
         n_max = max_per_class
     smallest = min(len(members) for members in per_class)
     if val_per_class >= smallest:
-        raise LongtailError(f"val_per_class {val_per_class} leaves no training images (smallest class has {smallest})")
+        raise LongtailError(
+            f"--val-per-class {val_per_class} leaves no training images (the smallest class has {smallest}); "
+            "pass a smaller --val-per-class"
+        )
     profile_counts = long_tail_counts(n_max, num_classes, imbalance, profile)
     train, val = [], []
     for c, members in enumerate(per_class):

@@ -371,7 +371,7 @@ def decouple_many(
     for out in outs:
         if out.resolve() == stage1_dir:
             raise LongtailError(f"--out {out} is the stage-1 run itself; give the stage-2 head a directory of its own")
-        check_run_dir(out, resume=False, overwrite=overwrite)
+        check_run_dir(out, resume=False, overwrite=overwrite, kind="decouple")
     stage1_config, dataset, stage1_run = load_finished_stage1(stage1_dir, cache_dir)
     for config in configs:
         if uses_cosine_head(stage1_config) and config.method != "retrain":
@@ -385,7 +385,7 @@ def decouple_many(
         locks.enter_context(RunLock(stage1_dir))  # its features.pt may be extended
         for out in outs:
             locks.enter_context(RunLock(out))
-            prepare_run_dir(out, resume=False, overwrite=overwrite)
+            prepare_run_dir(out, resume=False, overwrite=overwrite, kind="decouple")
         started = time.perf_counter()
         views = max(config.views for config in configs)
         features = _stage1_features(stage1_dir, stage1_config, dataset, stage1_run, views, cache_dir)

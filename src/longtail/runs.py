@@ -100,26 +100,50 @@ class RunLock:
         self.handle.close()
 
 
+def _record(run_dir: Path) -> dict | None:
+    """``run_dir``'s run.json, or None; an unreadable or foreign one is an error naming it."""
+    path = Path(run_dir) / RUN_FILE
+    if not path.exists():
+        return None
+    record = read_json(path)
+    if not isinstance(record, dict) or record.get("kind") not in ("train", "decouple"):
+        raise LongtailError(
+            f"{path}: not a longtail run record; it was edited or damaged: pass --overwrite to replace the run "
+            "or choose another --out"
+        )
+    return record
+
+
 def run_status(run_dir: Path) -> str:
     """``"empty"``, ``"unfinished"`` (has a checkpoint or run.json but no final model) or ``"finished"``."""
     run_dir = Path(run_dir)
-    record = run_dir / RUN_FILE
-    if record.exists() and read_json(record).get("status") == "finished":
+    record = _record(run_dir)
+    if record is not None and record.get("status") == "finished":
         return "finished"
-    if record.exists() or (run_dir / CHECKPOINT_FILE).exists():
+    if record is not None or (run_dir / CHECKPOINT_FILE).exists():
         return "unfinished"
     return "empty"
 
 
-def check_run_dir(run_dir: Path, *, resume: bool, overwrite: bool) -> bool:
+def check_run_dir(run_dir: Path, *, resume: bool, overwrite: bool, kind: str = "train") -> bool:
     """Check what ``run_dir`` holds against the flags, changing nothing; True when the run will resume.
 
     A finished run is replaced only with ``overwrite``; an unfinished one needs ``resume``
-    (continue) or ``overwrite`` (start again).
+    (continue) or ``overwrite`` (start again). A run of another ``kind`` (stage 1 ``train`` or
+    stage 2 ``decouple``) is never resumed.
     """
-    status = run_status(run_dir)
+    run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise LongtailError(f"--out {run_dir} is a file, not a directory: choose another --out")
     if overwrite:
         return False
+    status = run_status(run_dir)
+    record = _record(run_dir)
+    if record is not None and record["kind"] != kind:
+        raise LongtailError(
+            f"{run_dir} holds a `longtail {record['kind']}` run, not a `longtail {kind}` one: choose another --out "
+            "or pass --overwrite to replace it"
+        )
     if status == "finished" and not resume:
         raise LongtailError(
             f"{run_dir} already holds a finished run; pass --overwrite to replace it or choose another --out"
@@ -131,10 +155,10 @@ def check_run_dir(run_dir: Path, *, resume: bool, overwrite: bool) -> bool:
     return status != "empty"
 
 
-def prepare_run_dir(run_dir: Path, *, resume: bool, overwrite: bool) -> bool:
+def prepare_run_dir(run_dir: Path, *, resume: bool, overwrite: bool, kind: str = "train") -> bool:
     """``check_run_dir``, then empty the directory when overwriting. Call it holding the ``RunLock``."""
-    resuming = check_run_dir(run_dir, resume=resume, overwrite=overwrite)
-    if overwrite and run_status(run_dir) != "empty":
+    resuming = check_run_dir(run_dir, resume=resume, overwrite=overwrite, kind=kind)
+    if overwrite and any((Path(run_dir) / name).exists() for name in (RUN_FILE, CHECKPOINT_FILE)):
         for child in Path(run_dir).iterdir():
             if child.name != ".lock":
                 shutil.rmtree(child) if child.is_dir() else child.unlink()

@@ -475,15 +475,35 @@ def _check_resumable(stored: dict, config: TrainConfig, run_dir: Path) -> None:
 
 
 def _restore(state: TrainingState, checkpoint: dict, config: TrainConfig, runtime: Runtime, run_dir: Path) -> None:
+    path = run_dir / CHECKPOINT_FILE
+    missing = sorted({"config", "model", "optimizer", "epoch", "step", "history", "rng"} - set(checkpoint))
+    if missing:
+        raise LongtailError(
+            f"{path}: not a longtail checkpoint (no {', '.join(missing)}); pass --overwrite to start the run over"
+        )
     _check_resumable(checkpoint["config"], config, run_dir)
-    state.model.load_state_dict(checkpoint["model"])
-    state.optimizer.load_state_dict(checkpoint["optimizer"])
-    if state.scheduler is not None and checkpoint.get("lr_scheduler") is not None:
-        state.scheduler.load_state_dict(checkpoint["lr_scheduler"])
-    if state.ema is not None:
-        state.ema.load_state_dict(checkpoint["ema"])
+    try:
+        state.model.load_state_dict(checkpoint["model"])
+        state.optimizer.load_state_dict(checkpoint["optimizer"])
+        if state.scheduler is not None and checkpoint.get("lr_scheduler") is not None:
+            state.scheduler.load_state_dict(checkpoint["lr_scheduler"])
+        if state.ema is not None:
+            state.ema.load_state_dict(checkpoint["ema"])
+        restore_process_rng(checkpoint["rng"], config, runtime)
+    except (RuntimeError, KeyError, TypeError, ValueError, IndexError) as error:
+        raise LongtailError(
+            f"{path}: does not fit this run ({type(error).__name__}); pass --overwrite to start the run over"
+        ) from error
     state.epoch, state.step, state.history = checkpoint["epoch"], checkpoint["step"], checkpoint["history"]
-    restore_process_rng(checkpoint["rng"], config, runtime)
+
+
+def _read_checkpoint(path: Path) -> dict | None:
+    if not path.exists():
+        return None
+    checkpoint = torch_load(path)
+    if not isinstance(checkpoint, dict):
+        raise LongtailError(f"{path}: not a longtail checkpoint; pass --overwrite to start the run over")
+    return checkpoint
 
 
 def _run_record(config: TrainConfig, info, bn_mode: str, dataset: Dataset, runtime: Runtime) -> dict:

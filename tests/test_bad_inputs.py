@@ -1,0 +1,430 @@
+"""Every input, systematically: every file longtail reads, damaged four ways, and every command-line
+option given a bad value, must end with exit status 2, one line on stderr starting
+``longtail: error:`` that names the file or the option, no traceback, and nothing changed on disk.
+
+File inputs: the data ``.npz``, an image folder, a ``.tar.gz``, a weights file, the split's index
+file, a run's ``checkpoint.pt``, ``run.json`` and ``model.pt``, each as an empty file, a truncated
+file, random bytes and a valid file of the wrong kind. ``features.pt`` is a cache: a damaged one is
+rebuilt, never trusted (the library-level cases are in test_features.py; here through the CLI).
+
+Everything runs in this process through ``longtail.cli.main`` (what ``python -m longtail`` calls),
+on a tiny synthetic dataset and a randomly initialised network, so the whole module takes seconds
+per case. The finished runs the cases damage are copies of one made once per module.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import math
+import shutil
+import tarfile
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+from longtail import cli
+from longtail.data import load_arrays, long_tail_split
+from longtail.features import FEATURES_FILE
+
+DAMAGES = ("empty", "truncated", "random-bytes", "wrong-kind")
+
+
+# ---------------------------------------------------------------- running the command line
+
+
+def _call(argv: list[str]) -> tuple[int, str, str]:
+    """``longtail ARGV`` in this process: (exit status, stdout, stderr); a traceback is kept in stderr."""
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        try:
+            status = cli.main(argv)
+        except SystemExit as exit_:  # argparse's --help; errors do not exit this way
+            status = exit_.code
+        except BaseException as error:  # noqa: BLE001 -- a crash is what these tests look for
+            import traceback
+
+            traceback.print_exception(error)
+            status = 1
+    return status, stdout.getvalue(), stderr.getvalue()
+
+
+def _digest(*roots: Path) -> dict[str, str]:
+    """sha256 of every file (and the names of the folders) under the roots; the lock files, which
+    every attempt reopens, aside."""
+    found = {}
+    for root in roots:
+        if root.is_file():
+            found[str(root)] = hashlib.sha256(root.read_bytes()).hexdigest()
+            continue
+        for path in sorted(root.rglob("*")) if root.exists() else []:
+            if path.name == ".lock":
+                continue
+            found[str(path)] = "dir" if path.is_dir() else hashlib.sha256(path.read_bytes()).hexdigest()
+    return found
+
+
+def _assert_refused(argv: list[str], names: list[str], watched: list[Path]) -> str:
+    """``longtail ARGV`` exits 2 with one error line naming every one of ``names``, and the
+    watched paths are unchanged. Returns the line."""
+    before = _digest(*watched)
+    status, stdout, stderr = _call(argv)
+    assert "Traceback" not in stderr, stderr
+    assert status == 2, stderr
+    lines = [line for line in stderr.replace("\r", "\n").splitlines() if line.strip()]
+    assert len(lines) == 1, stderr
+    assert lines[0].startswith("longtail: error: "), lines[0]
+    for name in names:
+        assert name in lines[0], (name, lines[0])
+    assert stdout == ""
+    assert _digest(*watched) == before, "the command changed files on disk"
+    return lines[0]
+
+
+# ---------------------------------------------------------------- inputs
+
+
+def _tiny_arrays() -> dict:
+    rng = np.random.default_rng(0)
+    return {
+        "x_train": rng.integers(0, 256, (40, 32, 32, 3), dtype=np.uint8),
+        "y_train": np.repeat(np.arange(4), 10),
+        "x_test": rng.integers(0, 256, (8, 32, 32, 3), dtype=np.uint8),
+        "y_test": np.repeat(np.arange(4), 2),
+    }
+
+
+def _data_args(data: Path, cache: Path) -> list[str]:
+    return ["--data", str(data), "--imbalance", "2", "--val-per-class", "2", "--cache-dir", str(cache)]
+
+
+def _train_argv(data: Path, cache: Path, out: Path, *extra: str) -> list[str]:
+    return [
+        "train", *_data_args(data, cache), "--weights", "none", "--image-size", "32", "--test-size", "train",
+        "--epochs", "1", "--batch-size", "8", "--out", str(out), *extra,
+    ]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory) -> dict:
+    """A tiny .npz, its cache, and a finished stage-1 run on it (randomly initialised B0)."""
+    root = tmp_path_factory.mktemp("bad-inputs")
+    npz = root / "tiny.npz"
+    np.savez(npz, **_tiny_arrays())
+    cache = root / "cache"
+    run = root / "stage1"
+    torch.manual_seed(0)
+    status, _, stderr = _call(_train_argv(npz, cache, run))
+    assert status == 0, stderr
+    return {"root": root, "npz": npz, "cache": cache, "run": run}
+
+
+def _damage(path: Path, damage: str, wrong_kind: bytes) -> None:
+    """Replace the file at ``path`` with a damaged version of itself."""
+    payload = path.read_bytes() if path.exists() else b""
+    replacement = {
+        "empty": b"",
+        "truncated": payload[: max(1, len(payload) // 2)],
+        "random-bytes": np.random.default_rng(7).bytes(max(64, min(len(payload), 4096))),
+        "wrong-kind": wrong_kind,
+    }[damage]
+    path.write_bytes(replacement)
+
+
+def _torch_bytes(obj) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return buffer.getvalue()
+
+
+def _npz_bytes(**arrays) -> bytes:
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    return buffer.getvalue()
+
+
+def _png_bytes() -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _zip_bytes() -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("train/cat/0.png", _png_bytes())
+    return buffer.getvalue()
+
+
+# ---------------------------------------------------------------- every file input, four ways
+
+
+@pytest.mark.parametrize("damage", DAMAGES)
+def test_data_npz(workspace, tmp_path, damage):
+    data = tmp_path / "data.npz"
+    _damage(data, damage, _npz_bytes(images=np.zeros((2, 32, 32, 3), np.uint8)))  # no x_train/y_train/...
+    cache = tmp_path / "cache"
+    _assert_refused(["data", *_data_args(data, cache)], [str(data)], [tmp_path])
+
+
+def _image_folder(root: Path) -> Path:
+    for split in ("train", "test"):
+        for label in range(2):
+            folder = root / split / f"class{label}"
+            folder.mkdir(parents=True)
+            for index in range(4):
+                (folder / f"{index}.png").write_bytes(_png_bytes())
+    return root
+
+
+@pytest.mark.parametrize("damage", DAMAGES)
+def test_image_folder(tmp_path, damage):
+    root = _image_folder(tmp_path / "images")
+    bad = root / "train" / "class1" / "2.png"
+    _damage(bad, damage, _npz_bytes(x=np.zeros(3)))  # an .npz named .png
+    _assert_refused(["data", *_data_args(root, tmp_path / "cache")], [str(bad)], [tmp_path])
+
+
+@pytest.mark.parametrize("damage", DAMAGES)
+def test_tarball(tmp_path, damage):
+    root = _image_folder(tmp_path / "images")
+    tarball = tmp_path / "images.tar.gz"
+    with tarfile.open(tarball, "w:gz") as archive:
+        archive.add(root, arcname="images")
+    shutil.rmtree(root)
+    _damage(tarball, damage, _zip_bytes())  # a zip archive named .tar.gz
+    _assert_refused(["data", *_data_args(tarball, tmp_path / "cache")], [str(tarball)], [tmp_path])
+
+
+@pytest.mark.parametrize("damage", DAMAGES)
+def test_weights_file(workspace, tmp_path, damage):
+    from torchvision.models import resnet18
+
+    weights = tmp_path / "weights.pth"
+    _damage(weights, damage, _torch_bytes(resnet18().state_dict()))
+    out = tmp_path / "run"
+    argv = _train_argv(workspace["npz"], tmp_path / "cache", out, "--weights", str(weights))
+    _assert_refused(argv, [str(weights)], [tmp_path])
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("damage", DAMAGES)
+def test_index_file(workspace, tmp_path, damage):
+    cache = tmp_path / "cache"
+    split = long_tail_split(load_arrays(workspace["npz"], cache), 2, "exp", 0, 2, cache_dir=cache)
+    record = json.loads(split.index_file.read_text())
+    _damage(split.index_file, damage, json.dumps({**record, "train": record["val"]}).encode())  # stale checksum
+    _assert_refused(["data", *_data_args(workspace["npz"], cache)], [str(split.index_file)], [tmp_path])
+
+
+def _copy_run(workspace: dict, tmp_path: Path) -> Path:
+    run = tmp_path / "stage1"
+    shutil.copytree(workspace["run"], run)
+    return run
+
+
+@pytest.mark.parametrize("damage", DAMAGES)
+def test_checkpoint_of_a_run_to_resume(workspace, tmp_path, damage):
+    run = _copy_run(workspace, tmp_path)
+    record = json.loads((run / "run.json").read_text())
+    record["status"] = "running"  # an unfinished run, as a killed one leaves it
+    (run / "run.json").write_text(json.dumps(record))
+    checkpoint = run / "checkpoint.pt"
+    _damage(checkpoint, damage, _torch_bytes({"weights": torch.zeros(3)}))
+    argv = _train_argv(workspace["npz"], workspace["cache"], run, "--epochs", "2", "--resume")
+    _assert_refused(argv, [str(checkpoint)], [run])
+
+
+@pytest.mark.parametrize("command", ["decouple", "evaluate", "resume"])
+@pytest.mark.parametrize("damage", DAMAGES)
+def test_run_json(workspace, tmp_path, damage, command):
+    run = _copy_run(workspace, tmp_path)
+    record = run / "run.json"
+    _damage(record, damage, json.dumps({"kind": "decouple", "status": "finished"}).encode())
+    argv = {
+        "decouple": ["decouple", str(run), "--out", str(tmp_path / "head"), "--cache-dir", str(workspace["cache"])],
+        "evaluate": ["evaluate", str(run), "--cache-dir", str(workspace["cache"])],
+        "resume": _train_argv(workspace["npz"], workspace["cache"], run, "--resume"),
+    }[command]
+    _assert_refused(argv, [str(run)], [tmp_path])
+
+
+@pytest.mark.parametrize("command", ["decouple", "evaluate"])
+@pytest.mark.parametrize("damage", DAMAGES)
+def test_model_pt(workspace, tmp_path, damage, command):
+    from torchvision.models import resnet18
+
+    run = _copy_run(workspace, tmp_path)
+    (run / FEATURES_FILE).unlink()  # so stage 2 must read model.pt
+    model = run / "model.pt"
+    _damage(model, damage, _torch_bytes(resnet18().state_dict()))
+    argv = {
+        "decouple": ["decouple", str(run), "--out", str(tmp_path / "head"), "--cache-dir", str(workspace["cache"])],
+        "evaluate": ["evaluate", str(run), "--cache-dir", str(workspace["cache"])],
+    }[command]
+    _assert_refused(argv, [str(model)], [tmp_path])
+
+
+@pytest.mark.parametrize("damage", DAMAGES)
+def test_features_cache_is_rebuilt_not_trusted(workspace, tmp_path, damage):
+    run = _copy_run(workspace, tmp_path)
+    features = run / FEATURES_FILE
+    good = torch.load(features, weights_only=True)
+    _damage(features, damage, _torch_bytes({**good, "test": good["test"] + 1}))  # edited numbers, stale checksum
+    head = tmp_path / "head"
+    status, _, stderr = _call(["decouple", str(run), "--out", str(head), "--cache-dir", str(workspace["cache"])])
+    assert status == 0, stderr
+    rebuilt = torch.load(features, weights_only=True)
+    torch.testing.assert_close(rebuilt["test"], good["test"], atol=0, rtol=0)
+    metrics = json.loads((head / "metrics.json").read_text())
+    assert sum(metrics["per_class"]["support"]) == 8
+
+
+# ---------------------------------------------------------------- every option, bad values
+
+NOT_A_NUMBER = "abc"
+DATA_OPTIONS = {
+    "--imbalance": ["0.5", "-1", "0", "nan", "inf", NOT_A_NUMBER],
+    "--profile": ["zigzag"],
+    "--max-per-class": ["0", "-3", "99999", NOT_A_NUMBER],
+    "--val-per-class": ["-1", "10", NOT_A_NUMBER],
+    "--seed": ["-1", str(2**40), NOT_A_NUMBER],
+}
+TRAIN_OPTIONS = {
+    **DATA_OPTIONS,
+    "--image-size": ["16", "0", "-1", "5000", NOT_A_NUMBER],
+    "--epochs": ["0", "-2", NOT_A_NUMBER],
+    "--size-schedule": ["48", "48:0", "x:y", "16:2", "48:2,64:0"],
+    "--test-size": ["16", "0", "-1", NOT_A_NUMBER],
+    "--tta": ["mirror"],
+    "--batch-size": ["0", "-1", NOT_A_NUMBER],
+    "--lr": ["0", "-1", "nan", "inf", NOT_A_NUMBER],
+    "--lr-schedule": ["linear"],
+    "--decay-reading": ["l3"],
+    "--decay-value": ["1", "-0.1", "nan", NOT_A_NUMBER],
+    "--bn": ["magic"],
+    "--strategy": ["focal-magic"],
+    "--device": ["tpu"],
+}
+DECOUPLE_OPTIONS = {
+    "--method": ["re-rank"],
+    "--loss": ["hinge-ish"],
+    "--sampler": ["sqrt"],
+    "--epochs": ["0", "-1", NOT_A_NUMBER],
+    "--batch-size": ["0", NOT_A_NUMBER],
+    "--lr": ["0", "-1", "nan", "inf", NOT_A_NUMBER],
+    "--views": ["-1", "1000", NOT_A_NUMBER],
+    "--tau": ["-1", "nan", "inf", NOT_A_NUMBER],
+    "--gamma": ["-1", "nan", NOT_A_NUMBER],
+    "--beta": ["1", "-0.1", "nan", NOT_A_NUMBER],
+    "--seed": ["-1", NOT_A_NUMBER],
+}
+REPRODUCE_OPTIONS = {
+    "--preset": ["huge"],
+    "--imbalance": ["0.5", "nan", NOT_A_NUMBER],
+    "--seeds": ["-1", NOT_A_NUMBER],
+    "--epochs": ["0", NOT_A_NUMBER],
+    "--image-size": ["16", NOT_A_NUMBER],
+    "--size-schedule": ["48:0"],
+    "--test-size": ["8", NOT_A_NUMBER],
+    "--lr-schedule": ["step"],
+    "--tta": ["five-crop"],
+    "--decay-reading": ["l3"],
+}
+
+
+def _cases(options: dict) -> list:
+    return [pytest.param(option, value, id=f"{option}={value}") for option, values in options.items() for value in values]
+
+
+@pytest.mark.parametrize(("option", "value"), _cases(DATA_OPTIONS))
+def test_data_option(workspace, tmp_path, option, value):
+    argv = ["data", *_data_args(workspace["npz"], tmp_path / "cache")]
+    _assert_refused([*argv, option, value], [option], [tmp_path, workspace["cache"]])
+
+
+@pytest.mark.parametrize(("option", "value"), _cases(TRAIN_OPTIONS))
+def test_train_option(workspace, tmp_path, option, value):
+    out = tmp_path / "run"
+    argv = _train_argv(workspace["npz"], tmp_path / "cache", out)
+    _assert_refused([*argv, option, value], [option], [tmp_path])
+    assert not out.exists()
+
+
+def test_negative_decay_value_of_a_weight_decay_reading(workspace, tmp_path):
+    argv = _train_argv(workspace["npz"], tmp_path / "cache", tmp_path / "run", "--decay-reading", "l2")
+    _assert_refused([*argv, "--decay-value", "-1"], ["--decay-value"], [tmp_path])
+
+
+def test_bad_values_leave_a_finished_run_untouched_even_with_overwrite(workspace, tmp_path):
+    # Every value is checked before --overwrite may delete anything (it used to find --beta 1 only at
+    # the first batch, after the old run was gone).
+    run = _copy_run(workspace, tmp_path)
+    argv = _train_argv(workspace["npz"], workspace["cache"], run, "--overwrite", "--lr", "-1")
+    _assert_refused(argv, ["--lr"], [run])
+    head = tmp_path / "head"
+    status, _, stderr = _call(["decouple", str(run), "--out", str(head), "--cache-dir", str(workspace["cache"])])
+    assert status == 0, stderr
+    argv = ["decouple", str(run), "--out", str(head), "--overwrite", "--beta", "1"]
+    _assert_refused(argv, ["--beta"], [run, head])
+
+
+@pytest.mark.parametrize(("option", "value"), _cases(DECOUPLE_OPTIONS))
+def test_decouple_option(workspace, tmp_path, option, value):
+    out = tmp_path / "head"
+    argv = ["decouple", str(workspace["run"]), "--out", str(out), "--cache-dir", str(workspace["cache"])]
+    _assert_refused([*argv, option, value], [option], [tmp_path, workspace["run"]])
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(("option", "value"), _cases(REPRODUCE_OPTIONS))
+def test_reproduce_option(workspace, tmp_path, option, value):
+    out = tmp_path / "study"
+    argv = ["reproduce", "--data", str(workspace["npz"]), "--weights", "none", "--out", str(out)]
+    _assert_refused([*argv, option, value], [option], [tmp_path])
+    assert not out.exists()
+
+
+def test_out_that_is_a_file(workspace, tmp_path):
+    out = tmp_path / "run"
+    out.write_text("not a directory")
+    _assert_refused(_train_argv(workspace["npz"], tmp_path / "cache", out), [str(out)], [tmp_path])
+
+
+def test_cache_dir_that_is_a_file(workspace, tmp_path):
+    cache = tmp_path / "cache"
+    cache.write_text("not a directory")
+    _assert_refused(["data", *_data_args(workspace["npz"], cache)], [str(cache)], [tmp_path])
+
+
+def test_decouple_into_its_own_stage1_run(workspace, tmp_path):
+    run = _copy_run(workspace, tmp_path)
+    _assert_refused(["decouple", str(run), "--out", str(run), "--overwrite"], [str(run)], [run])
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    lr=st.one_of(st.floats(max_value=0.0), st.just(math.nan), st.just(math.inf)),
+    epochs=st.integers(max_value=0),
+)
+def test_any_non_positive_lr_or_epochs_is_refused(workspace, tmp_path, lr, epochs):
+    out = tmp_path / "hypothesis-run"
+    argv = _train_argv(workspace["npz"], tmp_path / "cache", out)
+    _assert_refused([*argv, "--lr", repr(lr)], ["--lr"], [tmp_path])
+    _assert_refused([*argv, "--epochs", str(epochs)], ["--epochs"], [tmp_path])
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(beta=st.one_of(st.floats(min_value=1.0), st.floats(max_value=-1e-12), st.just(math.nan)))
+def test_any_class_balanced_beta_outside_0_1_is_refused(workspace, tmp_path, beta):
+    out = tmp_path / "hypothesis-head"
+    argv = ["decouple", str(workspace["run"]), "--out", str(out), "--beta", repr(beta)]
+    _assert_refused(argv, ["--beta"], [tmp_path, workspace["run"]])
