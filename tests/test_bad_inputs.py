@@ -342,7 +342,9 @@ REPRODUCE_OPTIONS = {
 
 
 def _cases(options: dict) -> list:
-    return [pytest.param(option, value, id=f"{option}={value}") for option, values in options.items() for value in values]
+    return [
+        pytest.param(option, value, id=f"{option}={value}") for option, values in options.items() for value in values
+    ]
 
 
 @pytest.mark.parametrize(("option", "value"), _cases(DATA_OPTIONS))

@@ -133,7 +133,8 @@ def test_negative_validation_size_raises(cifar10_labels):
 
 def test_validation_that_takes_a_whole_class_raises():
     labels = np.repeat(np.arange(3), [8, 5, 9])
-    with pytest.raises(LongtailError, match="--val-per-class 5 leaves no training images \\(the smallest class has 5\\)"):
+    expected = "--val-per-class 5 leaves no training images \\(the smallest class has 5\\)"
+    with pytest.raises(LongtailError, match=expected):
         select_long_tail(labels, 3, 2, "exp", seed=0, val_per_class=5, max_per_class=2)
     # Profile [5, 3, 2] (n_max = 5, IF 2), capped at size - 4 = [4, 1, 5].
     assert select_long_tail(labels, 3, 2, "exp", seed=0, val_per_class=4).train_counts == [4, 1, 2]
