@@ -261,3 +261,158 @@ def test_torchrun_two_processes_match_one(tmp_path, lt_subset, weights_file, cac
         key: (ddp_state[key].double() - value.double()).abs().max().item() for key, value in single_state.items()
     }
     assert max(differences.values()) <= MAX_ABS_DIFF, sorted(differences.items(), key=lambda item: item[1])[-3:]
+
+
+# ---------------------------------------------------------------- one process per rank, its own randomness
+
+
+def test_every_rank_has_its_own_random_stream_and_rank_0_keeps_the_seed():
+    from longtail.train import process_seed
+
+    assert process_seed(7, 0) == 7  # one process draws what it always drew
+    seeds = {process_seed(7, rank) for rank in range(8)}
+    assert len(seeds) == 8
+    assert process_seed(7, 3) == process_seed(7, 3) != process_seed(8, 3)
+
+
+def test_batch_size_the_world_size_does_not_divide_is_refused():
+    from longtail.errors import LongtailError
+    from longtail.train import check_distributed
+
+    cpu = torch.device("cpu")
+    check_distributed(TrainConfig(batch_size=128), "frozen", Runtime(cpu, 0, 2))
+    with pytest.raises(LongtailError, match="--batch-size 128 does not split evenly over 3 processes"):
+        check_distributed(TrainConfig(batch_size=128), "frozen", Runtime(cpu, 0, 3))
+    # BatchNorm that trains must be synchronised (SyncBatchNorm), which torch does on GPUs only.
+    with pytest.raises(LongtailError, match="SyncBatchNorm"):
+        check_distributed(TrainConfig(batch_size=128), "train", Runtime(cpu, 1, 2))
+
+
+def test_resume_on_a_machine_with_fewer_gpus_restores_its_own_device_only(monkeypatch):
+    from longtail import train as train_module
+
+    restored = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, device="cuda": restored.append(state))
+    state = train_module.rng_state()
+    # Written where 4 GPUs were visible (one state per device, the old format), resumed with 1.
+    state["cuda"] = [torch.full((8,), i, dtype=torch.uint8) for i in range(4)]
+    train_module.restore_rng_state(state)
+    assert len(restored) == 1 and torch.equal(restored[0], state["cuda"][0])
+
+
+def test_a_rank_the_checkpoint_has_no_state_for_is_seeded_afresh():
+    from longtail.train import process_seed, restore_process_rng, rng_state
+
+    torch.manual_seed(123)
+    saved = [rng_state()]  # written by one process
+    expected = torch.Generator().manual_seed(process_seed(0, 1)).get_state()
+    restore_process_rng(saved, TrainConfig(seed=0), Runtime(torch.device("cpu"), 1, 2))
+    assert torch.equal(torch.get_rng_state(), expected)
+
+
+def _torchrun(*args: str) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *args]
+
+
+def _ddp_train(data: Path, out: Path, *extra: str) -> list[str]:
+    return _torchrun(
+        "-m", "longtail", "train",
+        "--data", str(data),
+        "--weights", str(WEIGHTS),
+        "--max-per-class", "20",
+        "--imbalance", "10",
+        "--val-per-class", "2",
+        "--image-size", "32",
+        "--test-size", "train",
+        "--epochs", "3",
+        "--batch-size", "8",
+        "--deterministic",
+        "--device", "cpu",
+        "--out", str(out),
+        *extra,
+    )  # fmt: skip
+
+
+WEIGHTS = Path(__file__).resolve().parents[1].parent / "shared" / "weights" / "efficientnet_b0_imagenet_tfhub.pth"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not dist.is_gloo_available(), reason="torch built without gloo")
+def test_torchrun_killed_and_resumed_ends_bit_identical(tmp_path, cifar10_subset, weights_file, cache_dir):
+    import signal
+    import time
+
+    from longtail import runs
+
+    data = cifar10_subset(40, 10)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "LONGTAIL_CACHE": str(cache_dir)}
+    pipes = dict(stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    crashed, reference = tmp_path / "crashed", tmp_path / "reference"
+
+    # Killed (the whole torchrun process group, SIGKILL) part-way through epoch 2.
+    process = subprocess.Popen(_ddp_train(data, crashed), start_new_session=True, **pipes)
+    checkpoint = crashed / runs.CHECKPOINT_FILE
+    deadline = time.monotonic() + 600
+    while not checkpoint.exists():
+        assert process.poll() is None, process.communicate()[1][-3000:]
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    time.sleep(0.3 * runs.torch_load(checkpoint)["history"][0]["seconds"])
+    os.killpg(process.pid, signal.SIGKILL)
+    process.communicate(timeout=60)
+    assert not (crashed / "model.pt").exists()
+    assert runs.torch_load(checkpoint)["epoch"] in (1, 2)
+
+    resumed = subprocess.Popen(_ddp_train(data, crashed, "--resume"), **pipes)
+    uninterrupted = subprocess.Popen(_ddp_train(data, reference), **pipes)
+    for name, running in (("resumed", resumed), ("uninterrupted", uninterrupted)):
+        _, stderr = running.communicate(timeout=900)
+        assert running.returncode == 0, f"{name}: {stderr[-3000:]}"
+
+    got, want = runs.torch_load(crashed / "model.pt"), runs.torch_load(reference / "model.pt")
+    differing = [name for name in want if not torch.equal(got[name], want[name])]
+    assert not differing, f"{len(differing)} tensors differ after resuming, e.g. {differing[:3]}"
+    # Each rank's random state was saved, and the ranks' streams differ (dropout masks are not shared).
+    states = runs.torch_load(reference / runs.CHECKPOINT_FILE)["rng"]
+    assert len(states) == 2 and not torch.equal(states[0]["torch"], states[1]["torch"])
+
+    # --overwrite of the finished run: rank 0 alone reads and clears the directory, the others wait.
+    again = subprocess.run(_ddp_train(data, reference, "--overwrite", "--epochs", "1"), timeout=900, **pipes)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert runs.read_json(reference / runs.RUN_FILE)["config"]["epochs"] == 1
+
+
+FAILING_RANK_DRIVER = """
+import sys
+from longtail import data as data_module
+from longtail.cli import main
+from longtail.errors import LongtailError
+import os
+
+if os.environ.get("RANK") == "1":
+    def unreadable(*args, **kwargs):
+        raise LongtailError("simulated unreadable data on rank 1")
+    data_module.load_arrays = unreadable
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.skipif(not dist.is_gloo_available(), reason="torch built without gloo")
+def test_an_error_on_one_rank_stops_every_rank(tmp_path, tiny_npz, cache_dir):
+    driver = tmp_path / "driver.py"
+    driver.write_text(FAILING_RANK_DRIVER)
+    out = tmp_path / "run"
+    command = _torchrun(
+        str(driver), "train", "--data", str(tiny_npz), "--weights", "none", "--imbalance", "2",
+        "--val-per-class", "1", "--epochs", "1", "--batch-size", "4", "--bn", "frozen", "--device", "cpu", "--out", str(out),
+    )  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "LONGTAIL_CACHE": str(cache_dir)}
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)  # no rank left waiting
+    assert done.returncode != 0
+    # Both ranks stop with the one-line error (rank 0 with rank 1's message); torchrun then reports
+    # the failed workers itself, with a traceback of its own, but no longtail code raised one.
+    assert done.stderr.count("longtail: error: simulated unreadable data on rank 1") == 2, done.stderr
+    assert "src/longtail/" not in done.stderr, done.stderr
+    assert not out.exists()

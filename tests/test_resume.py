@@ -35,7 +35,15 @@ def subset(cifar10_subset) -> Path:
     return cifar10_subset(40, 20)
 
 
-def _command(data: Path, out: Path, cache: Path, *extra: str) -> list[str]:
+# Sizes and epochs: a fixed 32 px, or progressive resizing with a cosine learning rate, which
+# resumes inside its second size (48 px), mid-warm-down.
+SCHEDULES = {
+    "fixed": ["--image-size", "32", "--epochs", str(EPOCHS)],
+    "progressive-cosine": ["--size-schedule", f"32:1,48:{EPOCHS - 1}", "--lr-schedule", "cosine"],
+}
+
+
+def _command(data: Path, out: Path, cache: Path, schedule: str, *extra: str) -> list[str]:
     return [
         sys.executable, "-m", "longtail", "train",
         "--data", str(data),
@@ -43,9 +51,8 @@ def _command(data: Path, out: Path, cache: Path, *extra: str) -> list[str]:
         "--imbalance", "10",
         "--max-per-class", "20",
         "--val-per-class", "2",
-        "--image-size", "32",
+        *SCHEDULES[schedule],
         "--batch-size", "8",
-        "--epochs", str(EPOCHS),
         "--deterministic",
         "--cache-dir", str(cache),
         "--out", str(out),
@@ -82,13 +89,14 @@ def _kill_mid_epoch_2(process: subprocess.Popen, checkpoint: Path) -> None:
     assert process.returncode == -signal.SIGKILL
 
 
-def test_sigkilled_run_resumes_to_the_same_weights_and_metrics(subset, tmp_path):
+@pytest.mark.parametrize("schedule", list(SCHEDULES))
+def test_sigkilled_run_resumes_to_the_same_weights_and_metrics(subset, tmp_path, schedule):
     cache = tmp_path / "cache"
     crashed, reference = tmp_path / "crashed", tmp_path / "reference"
     env = _environment(cache)
     pipes = dict(stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
-    process = subprocess.Popen(_command(subset, crashed, cache), **pipes)
+    process = subprocess.Popen(_command(subset, crashed, cache, schedule), **pipes)
     _kill_mid_epoch_2(process, crashed / runs.CHECKPOINT_FILE)
     # It died before finishing: no final model, run.json still says running, an early checkpoint.
     assert not (crashed / "model.pt").exists()
@@ -98,8 +106,8 @@ def test_sigkilled_run_resumes_to_the_same_weights_and_metrics(subset, tmp_path)
     print(f"\nkilled after the checkpoint of epoch {killed_at}")
 
     # The resumed run and a run never interrupted, side by side.
-    resumed = subprocess.Popen(_command(subset, crashed, cache, "--resume"), **pipes)
-    uninterrupted = subprocess.Popen(_command(subset, reference, cache), **pipes)
+    resumed = subprocess.Popen(_command(subset, crashed, cache, schedule, "--resume"), **pipes)
+    uninterrupted = subprocess.Popen(_command(subset, reference, cache, schedule), **pipes)
     _check(resumed)
     _check(uninterrupted)
 
@@ -126,7 +134,13 @@ def test_sigkilled_run_resumes_to_the_same_weights_and_metrics(subset, tmp_path)
     assert checkpoint["epoch"] == EPOCHS and checkpoint["step"] == EPOCHS * STEPS_PER_EPOCH
     assert checkpoint["model"].keys() == want.keys()
     assert checkpoint["optimizer"]["state"]  # Adam's moments, not just its hyperparameters
-    assert isinstance(checkpoint["rng"]["torch"], torch.Tensor)
+    assert len(checkpoint["rng"]) == 1 and isinstance(checkpoint["rng"][0]["torch"], torch.Tensor)  # one per rank
+    run = runs.read_json(reference / runs.RUN_FILE)
+    assert run["epoch_sizes"] == ([32] * EPOCHS if schedule == "fixed" else [32] + [48] * (EPOCHS - 1))
+    assert [r["image_size"] for r in run["history"]] == run["epoch_sizes"]
+    if schedule == "progressive-cosine":
+        assert checkpoint["lr_scheduler"]["last_epoch"] == EPOCHS * STEPS_PER_EPOCH
+        assert run["history"][-1]["lr"] == pytest.approx(0.0, abs=1e-12)  # decayed to zero at the last step
     assert checkpoint["sampler"] == {"name": "instance", "seed": 0, "next_epoch": EPOCHS}
 
 

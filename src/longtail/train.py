@@ -410,9 +410,9 @@ def train_one_epoch(
             logits = train_model(inputs)
         loss = loss_fn(logits.float(), targets)
         loss_value = loss.item()
-        finite = np.isfinite(loss_value)
+        finite = bool(np.isfinite(loss_value))
         if runtime.world_size > 1:  # every rank stops together, or the others would wait in backward
-            finite = runtime.all_sum(float(finite))[0] == runtime.world_size
+            finite = runtime.all_sum(float(not finite))[0] == 0
         if not finite:
             raise LongtailError(
                 f"loss became {loss_value} at epoch {state.epoch + 1}, step {step + 1}; stopped with the last "
