@@ -406,7 +406,8 @@ def test_an_error_on_one_rank_stops_every_rank(tmp_path, tiny_npz, cache_dir):
     out = tmp_path / "run"
     command = _torchrun(
         str(driver), "train", "--data", str(tiny_npz), "--weights", "none", "--imbalance", "2",
-        "--val-per-class", "1", "--epochs", "1", "--batch-size", "4", "--bn", "frozen", "--device", "cpu", "--out", str(out),
+        "--val-per-class", "1", "--epochs", "1", "--batch-size", "4", "--bn", "frozen", "--device", "cpu",
+        "--out", str(out),
     )  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1", "LONGTAIL_CACHE": str(cache_dir)}
     done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)  # no rank left waiting
