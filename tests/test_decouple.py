@@ -275,3 +275,28 @@ def test_heads_fitted_together_equal_heads_fitted_one_by_one():
     # Different losses gave different heads (all equal would make the comparison above empty).
     weights = [head.weight for head, _ in together[:4]]
     assert all(not torch.allclose(a, b, atol=1e-4) for i, a in enumerate(weights) for b in weights[i + 1 :])
+
+
+def test_class_balanced_beta_comes_from_the_stage1_decay_value_under_the_cb_beta_reading():
+    from longtail.config import TrainConfig
+    from longtail.losses import class_balanced_weights
+    from longtail.train import _loss_for_epoch, class_balanced_beta
+
+    # --decay-value is the Class-Balanced beta under cb-beta (the default reading), and only there.
+    assert class_balanced_beta(TrainConfig(decay_value=0.99)) == 0.99
+    assert class_balanced_beta(TrainConfig(decay_reading="adamw", decay_value=0.01)) == 0.9999
+    # Stage 2: a head that leaves beta to the stage-1 run is the head fitted with that beta.
+    features, stage1, dataset = _gaussian_problem(val_per_class=5)
+    common = dict(loss="class-balanced", epochs=2, batch_size=32)
+    inherited, _ = decouple.fit_stage2(decouple.Stage2Config(**common), stage1, features, dataset, default_beta=0.9)
+    explicit, _ = decouple.fit_stage2(decouple.Stage2Config(beta=0.9, **common), stage1, features, dataset)
+    standard, _ = decouple.fit_stage2(decouple.Stage2Config(beta=0.9999, **common), stage1, features, dataset)
+    torch.testing.assert_close(inherited.weight, explicit.weight, atol=0, rtol=0)
+    assert not torch.allclose(inherited.weight, standard.weight, atol=1e-5)
+    # LDAM-DRW's deferred re-weighting uses the same beta.
+    counts = [50, 10, 2]
+    config = TrainConfig(strategy="ldam-drw", decay_value=0.9, epochs=10)
+    logits, targets = torch.randn(6, 3), torch.tensor([0, 1, 2, 0, 1, 2])
+    reweighted = _loss_for_epoch(config, counts, epoch=9)
+    expected = build_loss("ldam", counts, weights=class_balanced_weights(counts, 0.9))
+    torch.testing.assert_close(reweighted(logits, targets), expected(logits, targets))
