@@ -1,0 +1,110 @@
+"""The test input size chosen on the validation split (``longtail.resolution``, ``--test-size auto``):
+the grid, the tie rule, the choice made from validation accuracy alone (test images and labels
+cannot move it), and the feature cache at the chosen size."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from longtail import data as data_module
+from longtail import runs
+from longtail.config import TrainConfig
+from longtail.features import FEATURES_FILE, features_and_logits
+from longtail.resolution import choose_size, resolve_test_size, size_grid
+from longtail.train import Runtime, evaluate_run, load_trained_model, train
+
+
+def test_grid_runs_from_the_training_size_to_one_and_three_quarters_in_16px_steps():
+    assert size_grid(32) == [32, 48]
+    assert size_grid(48) == [48, 64, 80]
+    assert size_grid(64) == [64, 80, 96, 112]
+    assert size_grid(224)[0] == 224 and size_grid(224)[-1] == 384
+
+
+def test_best_validation_accuracy_wins_and_a_tie_goes_to_the_smaller_size():
+    assert choose_size({64: 0.70, 80: 0.75, 96: 0.74}.__getitem__, [64, 80, 96]) == (80, {64: 0.70, 80: 0.75, 96: 0.74})
+    assert choose_size({64: 0.70, 80: 0.75, 96: 0.75}.__getitem__, [96, 80, 64])[0] == 80
+
+
+def test_test_size_modes():
+    assert resolve_test_size("auto", 64) == ([64, 80, 96, 112], True)
+    assert resolve_test_size("train", 64) == ([64], False)
+    assert resolve_test_size(96, 64) == ([96], False)
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, cifar10_subset, weights_file):
+    """A real stage-1 run (pretrained B0, real CIFAR-10 images, two short epochs at 32 px)."""
+    root = tmp_path_factory.mktemp("resolution")
+    config = TrainConfig(
+        data=str(cifar10_subset(100, 10)),
+        weights=str(weights_file),
+        imbalance=2,
+        max_per_class=80,
+        val_per_class=20,
+        image_size=32,
+        epochs=2,
+        batch_size=32,
+        test_size="auto",
+    )
+    cache = root / "cache"
+    train(config, root / "run", cache_dir=cache, figures=False)
+    return root / "run", cache
+
+
+def test_the_choice_is_the_best_validation_accuracy_of_the_grid(finished_run):
+    run_dir, cache = finished_run
+    record = runs.read_json(run_dir / runs.RUN_FILE)
+    model, config, dataset, _ = load_trained_model(run_dir, Runtime(torch.device("cpu")), cache)
+    val_images = torch.from_numpy(dataset.arrays.x_train[dataset.split.val])
+    val_labels = dataset.arrays.y_train[dataset.split.val]
+    expected = {}
+    for size in size_grid(config.image_size):
+        _, logits = features_and_logits(
+            model, val_images, size, dataset.mean, dataset.std, Runtime(torch.device("cpu"))
+        )
+        expected[str(size)] = float((logits.argmax(1).numpy() == val_labels).mean())
+    assert record["test_size_grid"] == expected
+    best = max(expected.values())
+    assert record["test_image_size"] == min(int(size) for size, acc in expected.items() if acc == best)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["test_image_size"] == record["test_image_size"]
+    cached = runs.torch_load(run_dir / FEATURES_FILE)
+    assert cached["image_size"] == record["test_image_size"] and cached["val"].shape[0] == len(val_labels)
+
+
+def test_test_images_and_labels_cannot_move_the_choice(finished_run, monkeypatch, tmp_path):
+    run_dir, cache = finished_run
+    record = runs.read_json(run_dir / runs.RUN_FILE)
+    choice = {k: record[k] for k in ("test_image_size", "test_size_grid")}
+    accuracy = json.loads((run_dir / "metrics.json").read_text())["accuracy"]
+
+    real_load = data_module.load_arrays
+
+    def scrambled(*args, **kwargs):  # the same training data, other test images and labels
+        arrays = real_load(*args, **kwargs)
+        rng = np.random.default_rng(1)
+        return dataclasses.replace(
+            arrays,
+            x_test=rng.integers(0, 256, arrays.x_test.shape, dtype=np.uint8),
+            y_test=rng.permutation(arrays.y_test),
+        )
+
+    monkeypatch.setattr(data_module, "load_arrays", scrambled)
+    copy = tmp_path / "run"
+    import shutil
+
+    shutil.copytree(run_dir, copy)
+    again = runs.read_json(copy / runs.RUN_FILE)
+    del again["test_image_size"], again["test_size_grid"]  # choose again, from scratch
+    runs.atomic_write_json(copy / runs.RUN_FILE, again)
+    (copy / FEATURES_FILE).unlink()
+    metrics = evaluate_run(copy, cache_dir=cache, figures=False)
+    rechosen = runs.read_json(copy / runs.RUN_FILE)
+    assert {k: rechosen[k] for k in choice} == choice
+    assert metrics["accuracy"] != accuracy  # the test set did change
