@@ -60,7 +60,8 @@ def finished_run(tmp_path_factory, cifar10_subset, weights_file):
 def test_the_choice_is_the_best_validation_accuracy_of_the_grid(finished_run):
     run_dir, cache = finished_run
     record = runs.read_json(run_dir / runs.RUN_FILE)
-    model, config, dataset, _ = load_trained_model(run_dir, Runtime(torch.device("cpu")), cache)
+    runtime = Runtime(torch.device("cpu"))
+    model, config, dataset, _ = load_trained_model(run_dir, runtime, cache)
     val_images = torch.from_numpy(dataset.arrays.x_train[dataset.split.val])
     val_labels = dataset.arrays.y_train[dataset.split.val]
     expected = {}
