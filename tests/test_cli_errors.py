@@ -169,6 +169,24 @@ CASES = [
         subprocess=False,
     ),
     Case(
+        "predict-top-k-zero",
+        lambda p: ["predict", str(p["run"] / "stage1"), str(p["tiny"]), "--top-k", "0"],
+        lambda p: ["--top-k", "got 0"],
+        subprocess=False,
+    ),
+    Case(
+        "predict-unknown-output-format",
+        lambda p: ["predict", str(p["run"] / "stage1"), str(p["tiny"]), "--out", str(p["run"] / "predictions.txt")],
+        lambda p: [str(p["run"] / "predictions.txt"), "*.csv or *.json"],
+        subprocess=False,
+    ),
+    Case(
+        "predict-missing-run",
+        lambda p: ["predict", str(p["run"] / "stage1"), str(p["tiny"])],
+        lambda p: [str(p["run"] / "stage1"), "not a longtail run directory"],
+        subprocess=False,
+    ),
+    Case(
         "unreadable-file",
         lambda p: ["data", "--data", str(p["world"] / "locked.npz")],
         lambda p: [str(p["world"] / "locked.npz"), "not readable"],

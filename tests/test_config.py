@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import subprocess
+import sys
 
 import pytest
 
 from longtail.config import (
     TrainConfig,
+    check_prediction_options,
     config_differences,
     from_record,
     parse_imbalance,
@@ -73,3 +76,21 @@ def test_imbalance_on_the_command_line_is_a_number_or_natural():
 def test_a_natural_study_drops_the_presets_head_count():
     config = study_config("smoke", data="folder", weights="none", imbalance="natural", given={"test_fraction": 0.2})
     assert config.max_per_class is None and config.imbalance == "natural" and config.test_fraction == 0.2
+
+
+def test_prediction_options():
+    check_prediction_options(None, None)
+    check_prediction_options("out/predictions.JSON", 3)
+    with pytest.raises(LongtailError, match="--top-k must be an integer at least 1, got 0"):
+        check_prediction_options(None, 0)
+    with pytest.raises(LongtailError, match="--out preds.txt: .*\\*.csv or \\*.json"):
+        check_prediction_options("preds.txt", None)
+
+
+def test_import_longtail_needs_no_torch_and_predict_is_there():
+    code = (
+        "import sys, longtail; assert 'torch' not in sys.modules; "
+        "from longtail.prediction import predict; assert longtail.predict is predict"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]

@@ -27,6 +27,7 @@ from longtail.config import (
     Stage2Config,
     TrainConfig,
     check_int,
+    check_prediction_options,
     parse_imbalance,
     parse_size_schedule,
     parse_test_size,
@@ -239,6 +240,23 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("run", type=Path)
     evaluate.add_argument("--cache-dir", type=Path)
 
+    predict = commands.add_parser(
+        "predict", help="classify image files or folders with a finished run (or a stage-2 head fitted on it)"
+    )
+    predict.add_argument("run", type=Path, help="a finished `longtail train` run (stage 1)")
+    predict.add_argument("paths", type=Path, nargs="+", metavar="PATH", help="image files, or folders of them")
+    predict.add_argument("--head", type=Path, help="a `longtail decouple` run fitted on RUN: classify with its head")
+    predict.add_argument(
+        "--out",
+        type=Path,
+        help="write the predictions to this .csv or .json file (default: CSV on stdout)",
+    )
+    predict.add_argument("--top-k", type=int, help="classes listed per image (default 5, or all if fewer)")
+    predict.add_argument(
+        "--cache-dir",
+        type=Path,
+        help="the run's data cache (only runs recorded before run.json held their class names need their data)",
+    )
     return parser
 
 
@@ -413,12 +431,25 @@ def _command_evaluate(args) -> None:
     _print_summary(metrics, args.run)
 
 
+def _command_predict(args) -> None:
+    check_prediction_options(args.out, args.top_k)
+    from longtail.prediction import predict, write_predictions
+
+    predictions = predict(args.run, args.paths, head=args.head, top_k=args.top_k, cache_dir=args.cache_dir)
+    for _, why in predictions.failed:
+        print(f"longtail: skipped {why}", file=sys.stderr)
+    write_predictions(predictions, args.out)
+    if args.out is not None:
+        print(f"classified {len(predictions.paths)} images -> {args.out}")
+
+
 COMMANDS = {
     "data": _command_data,
     "train": _command_train,
     "decouple": _command_decouple,
     "reproduce": _command_reproduce,
     "evaluate": _command_evaluate,
+    "predict": _command_predict,
 }
 
 

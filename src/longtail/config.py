@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import ClassVar
 
 from longtail.choices import (
@@ -292,6 +293,24 @@ class Stage2Config:
         if self.sampler is not None:
             return self.sampler
         return "class-balanced" if self.loss == "crt" or self.method == "lws" else "instance"
+
+
+# ---------------------------------------------------------------- longtail predict
+
+PREDICTION_FORMATS = (".csv", ".json")  # the output file's extension chooses its format
+DEFAULT_TOP_K = 5  # classes listed per image (fewer when the run has fewer classes)
+
+
+def check_prediction_options(out: Path | None, top_k: int | None) -> None:
+    """``longtail predict``'s --out (a .csv or .json file, or None for CSV on stdout) and --top-k
+    (at least 1; that it does not exceed the run's classes is checked against the run)."""
+    if top_k is not None:
+        check_int("top_k", top_k, 1)
+    if out is not None and Path(out).suffix.lower() not in PREDICTION_FORMATS:
+        raise LongtailError(
+            f"--out {out}: predictions are written as CSV or JSON, chosen by the extension; name the file "
+            "*.csv or *.json, or leave --out out for CSV on stdout"
+        )
 
 
 # ---------------------------------------------------------------- comparing recorded settings

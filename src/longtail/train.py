@@ -667,8 +667,8 @@ def train(
 # ---------------------------------------------------------------- loading finished runs
 
 
-def load_finished_stage1(run_dir: Path, cache_dir: Path | None = None) -> tuple[TrainConfig, Dataset, dict]:
-    """``(config, dataset, run_record)`` of a finished stage-1 run, without building its network."""
+def read_finished_stage1(run_dir: Path) -> tuple[TrainConfig, dict]:
+    """``(config, run_record)`` of a finished stage-1 run, checked; its data is not loaded."""
     run_dir = Path(run_dir)
     if not (run_dir / RUN_FILE).exists():
         raise LongtailError(
@@ -688,13 +688,25 @@ def load_finished_stage1(run_dir: Path, cache_dir: Path | None = None) -> tuple[
             f"{run_dir / RUN_FILE}: not a valid longtail run record ({type(error).__name__}: {error}); "
             "it was edited or damaged: train the run again with --overwrite"
         ) from error
+    return config, run
+
+
+def load_finished_stage1(run_dir: Path, cache_dir: Path | None = None) -> tuple[TrainConfig, Dataset, dict]:
+    """``(config, dataset, run_record)`` of a finished stage-1 run, without building its network."""
+    config, run = read_finished_stage1(run_dir)
     return config, load_dataset(config, run["weights"]["pretrained"], cache_dir), run
 
 
 def load_trained_model(run_dir: Path, runtime: Runtime, cache_dir: Path | None = None):
     """``(model, config, dataset, run_record)`` of a finished stage-1 run, in eval mode."""
     config, dataset, run = load_finished_stage1(run_dir, cache_dir)
-    model, _ = build_model(dataset.arrays.num_classes, "none", cosine_head=uses_cosine_head(config))
+    model = trained_model(run_dir, config, run, dataset.arrays.num_classes, runtime)
+    return model, config, dataset, run
+
+
+def trained_model(run_dir: Path, config: TrainConfig, run: dict, num_classes: int, runtime: Runtime) -> nn.Module:
+    """The network of a finished stage-1 run (``read_finished_stage1``), in eval mode on the runtime's device."""
+    model, _ = build_model(num_classes, "none", cosine_head=uses_cosine_head(config))
     state = _model_state(run_dir, run)
     try:
         model.load_state_dict(state)
@@ -703,8 +715,7 @@ def load_trained_model(run_dir: Path, runtime: Runtime, cache_dir: Path | None =
             f"{Path(run_dir) / 'model.pt'}: not this run's EfficientNet-B0 weights; "
             "train the run again with --overwrite"
         ) from error
-    model = model.to(runtime.device, memory_format=torch.channels_last).eval()
-    return model, config, dataset, run
+    return model.to(runtime.device, memory_format=torch.channels_last).eval()
 
 
 def _model_state(run_dir: Path, run: dict, mmap: bool = False) -> dict:
