@@ -58,9 +58,9 @@ def main(argv: list[str] | None = None) -> dict:
     images = {
         "train": torch.from_numpy(dataset.arrays.x_train[dataset.split.train]),
         "val": torch.from_numpy(dataset.arrays.x_train[dataset.split.val]),
-        "test": torch.from_numpy(dataset.arrays.x_test),
+        "test": torch.from_numpy(dataset.test_images),
     }
-    y_val, y_test = dataset.arrays.y_train[dataset.split.val], dataset.arrays.y_test
+    y_val, y_test = dataset.arrays.y_train[dataset.split.val], dataset.test_labels
     stage1_head = load_trained_classifier(args.run, config, dataset.arrays.num_classes)
     configs = [Stage2Config(loss=loss, seed=config.seed) for loss in STUDY_LOSSES]
     rows = {}

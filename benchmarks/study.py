@@ -44,7 +44,6 @@ from unittest import mock
 import torch
 
 from longtail import decouple as decouple_module
-from longtail.data import load_arrays
 from longtail.decouple import Stage2Config, decouple_many, train_head
 from longtail.features import FEATURES_FILE, extract_features
 from longtail.losses import MODIFIED_CE, build_loss, loss_spec
@@ -54,6 +53,7 @@ from longtail.train import (
     Runtime,
     TrainConfig,
     class_balanced_beta,
+    load_source,
     load_trained_model,
     run_test_size,
     save_evaluation,
@@ -133,9 +133,9 @@ def naive_stage2(
         seed=config.seed,
     )
     with torch.no_grad():
-        logits = head(extract_features(model, torch.from_numpy(dataset.arrays.x_test), *args))
+        logits = head(extract_features(model, torch.from_numpy(dataset.test_images), *args))
     out.mkdir(parents=True)
-    return writing(out, dataset.arrays.y_test, logits, dataset, figures=False)
+    return writing(out, dataset.test_labels, logits, dataset, figures=False, grouping=stage1_config.groups)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> dict:
         config.validate()
     runtime = Runtime.create(args.device)
     # Untimed: read the data once (page cache, split index) and import what the first run would.
-    load_arrays(args.data, args.cache_dir)
+    load_source(base, args.cache_dir)
     from torch.utils.tensorboard import SummaryWriter  # noqa: F401
 
     accuracy: dict[str, dict[str, float]] = {"longtail": {}, "naive": {}}

@@ -228,7 +228,7 @@ def main(argv: list[str] | None = None) -> dict:
         return seen
 
     # evaluation: longtail's features_and_logits (uint8 CPU images in, as evaluate_run) vs a bare forward
-    eval_images = torch.from_numpy(dataset.arrays.x_test[: steps * batch])
+    eval_images = torch.from_numpy(dataset.test_images[: steps * batch])
     eval_batches = math.ceil(len(eval_images) / batch)
 
     def longtail_eval() -> int:

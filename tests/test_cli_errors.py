@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from longtail.data import load_arrays, long_tail_split
 
@@ -141,6 +142,51 @@ CASES = [
         subprocess=False,
     ),
     Case(
+        "unreadable-image",
+        lambda p: ["data", "--data", str(p["bad_images"])],
+        lambda p: [str(p["bad_images"] / "train" / "a" / "1.png"), "not a readable image", "--skip-bad-images"],
+        subprocess=False,
+    ),
+    Case(
+        "no-test-folder",
+        lambda p: ["data", "--data", str(p["no_test"])],
+        lambda p: [str(p["no_test"]), "no test split", "--test-fraction"],
+        subprocess=False,
+    ),
+    Case(
+        "test-fraction-beside-a-test-split",
+        lambda p: ["data", "--data", str(p["tiny"]), "--test-fraction", "0.2"],
+        lambda p: [str(p["tiny"]), "has its own test split", "--test-fraction"],
+        subprocess=False,
+    ),
+    Case(
+        "val-fraction-empties-a-class",
+        lambda p: (
+            ["train", "--data", str(p["tiny"]), "--imbalance", "natural", "--val-fraction", "0.99"]
+            + ["--weights", "none", "--out", str(p["out"])]
+        ),
+        lambda p: ["--val-fraction 0.99", "class 0 'airplane' (6 images)"],
+        subprocess=False,
+    ),
+    Case(
+        "predict-top-k-zero",
+        lambda p: ["predict", str(p["run"] / "stage1"), str(p["tiny"]), "--top-k", "0"],
+        lambda p: ["--top-k", "got 0"],
+        subprocess=False,
+    ),
+    Case(
+        "predict-unknown-output-format",
+        lambda p: ["predict", str(p["run"] / "stage1"), str(p["tiny"]), "--out", str(p["run"] / "predictions.txt")],
+        lambda p: [str(p["run"] / "predictions.txt"), "*.csv or *.json"],
+        subprocess=False,
+    ),
+    Case(
+        "predict-missing-run",
+        lambda p: ["predict", str(p["run"] / "stage1"), str(p["tiny"])],
+        lambda p: [str(p["run"] / "stage1"), "not a longtail run directory"],
+        subprocess=False,
+    ),
+    Case(
         "unreadable-file",
         lambda p: ["data", "--data", str(p["world"] / "locked.npz")],
         lambda p: [str(p["world"] / "locked.npz"), "not readable"],
@@ -171,6 +217,8 @@ def _prepare(inputs: Path, world: Path, run: Path, case: Case) -> dict:
         "resnet": inputs / "resnet18.pth",
         "truncated": inputs / "truncated.pth",
         "bad_tarball": inputs / "bad.tar.gz",
+        "bad_images": inputs / "bad-images",
+        "no_test": inputs / "no-test",
         "world": world,
         "run": run,
         "out": run / "out",
@@ -260,6 +308,15 @@ def results(tmp_path_factory, tiny_arrays) -> dict[str, dict]:
     with tarfile.open(inputs / "bad.tar.gz", "w:gz") as archive:
         archive.add(inputs / "layout", arcname="bad")
     shutil.rmtree(inputs / "layout")
+    image = tiny_arrays["x_train"][0]
+    for folder, files in (
+        ("bad-images", ["train/a/0.png", "train/b/0.png", "test/a/0.png", "test/b/0.png"]),
+        ("no-test", ["train/a/0.png", "train/b/0.png"]),
+    ):
+        for name in files:
+            (inputs / folder / name).parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(image).save(inputs / folder / name)
+    (inputs / "bad-images" / "train" / "a" / "1.png").write_bytes(b"not even an image")
 
     # Readable paths for an ordinary user (pytest's own tmp folders are private to root).
     world = Path(tempfile.mkdtemp(prefix="longtail-cli-"))

@@ -139,6 +139,27 @@ def test_two_classes_leave_the_medium_group_empty_and_the_json_strict():
     assert row[COMPARISON_HEADER.index("Many")] == "50.00 ± 0.00"
 
 
+def test_shots_groups_use_the_literatures_thresholds():
+    # many: more than 100 training images; medium: 20 to 100; few: fewer than 20.
+    counts = [500, 101, 100, 20, 19, 1]
+    assert frequency_groups(counts, "shots") == {"many": [0, 1], "medium": [2, 3], "few": [4, 5]}
+    assert frequency_groups(CIFAR10_LT_100, "shots") == {"many": list(range(8)), "medium": [8, 9], "few": []}
+    with pytest.raises(LongtailError, match="grouping 'halves'"):
+        frequency_groups(counts, "halves")
+
+
+def test_metrics_record_their_grouping_and_keep_an_empty_group_null():
+    m = classification_metrics([0, 1, 2], [0, 1, 1], ["a", "b", "c"], [400, 300, 200], "shots")
+    assert m["grouping"] == "shots"
+    assert m["group_classes"] == {"many": [0, 1, 2], "medium": [], "few": []}
+    assert m["groups"] == {"many": pytest.approx(2 / 3), "medium": None, "few": None}
+    assert classification_metrics(Y_TRUE, Y_PRED, NAMES, COUNTS)["grouping"] == "thirds"  # the default
+    assert aggregate_seeds([m, m], [0, 1])["grouping"] == "shots"
+    older = {k: v for k, v in classification_metrics(Y_TRUE, Y_PRED, NAMES, COUNTS).items() if k != "grouping"}
+    assert aggregate_seeds([older], [0])["grouping"] == "thirds"  # metrics.json written before --groups
+    json.dumps(m, allow_nan=False)
+
+
 # ---------------------------------------------------------------- seeds
 
 

@@ -130,6 +130,52 @@ def test_run_figures_are_pngs(tmp_path):
         _assert_png(path)
 
 
+def _drawn_figures(monkeypatch) -> list:
+    """The matplotlib figures the report saves from now on, in order."""
+    figures = []
+    save = report._save
+
+    def keep(fig, path):
+        figures.append(fig)
+        return save(fig, path)
+
+    monkeypatch.setattr(report, "_save", keep)
+    return figures
+
+
+def test_run_figures_at_10_classes_label_every_class_and_cell(tmp_path, monkeypatch):
+    figures = _drawn_figures(monkeypatch)
+    report.write_run_figures(_fake_metrics(np.random.default_rng(0), 0.0), tmp_path)
+    confusion, bars, histogram = (figure.axes[0] for figure in figures)
+    assert len(confusion.texts) == 100
+    for axes in (confusion, bars, histogram):
+        assert [label.get_text() for label in axes.get_xticklabels()] == list(CLASS_NAMES)  # CIFAR-10-LT's order
+    assert len(histogram.texts) == 10  # each bar labelled with its count
+
+
+def test_run_figures_stay_readable_at_100_classes(tmp_path, monkeypatch):
+    rng = np.random.default_rng(1)
+    counts = rng.permutation([int(500 * 100 ** (-i / 99)) for i in range(100)]).tolist()
+    names = [f"class_{i}" for i in range(100)]
+    y_true = np.repeat(np.arange(100), 5)
+    y_pred = np.where(rng.random(500) < 0.5, y_true, rng.integers(0, 100, 500))
+    metrics = classification_metrics(y_true, y_pred, names, counts, "shots")
+    figures = _drawn_figures(monkeypatch)
+    for path in report.write_run_figures(metrics, tmp_path):
+        _assert_png(path)
+    confusion, bars, histogram = (figure.axes[0] for figure in figures)
+    assert len(confusion.texts) == len(histogram.texts) == 0  # no per-cell or per-bar numbers
+    by_count = list(np.argsort(-np.asarray(counts), kind="stable"))
+    for axes in (confusion, bars, histogram):
+        labels = [label.get_text() for label in axes.get_xticklabels()]
+        assert 5 <= len(labels) <= report.LABELLED_CLASSES
+    assert [label.get_text() for label in bars.get_xticklabels()][:2] == [names[by_count[0]], names[by_count[5]]]
+    heights = [patch.get_height() for patch in histogram.patches]
+    assert heights == sorted(counts, reverse=True)  # bars sorted by training count
+    recall = [patch.get_height() for patch in bars.patches[100:]]  # precision bars first, then recall
+    assert recall == pytest.approx([100 * metrics["per_class"]["recall"][c] for c in by_count])
+
+
 def test_confusion_matrix_size(tmp_path):
     path = report.plot_confusion_matrix(_fake_metrics(np.random.default_rng(0), 0.0), tmp_path / "cm.png", "t")
     height, width = imread(path).shape[:2]

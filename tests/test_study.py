@@ -1,8 +1,9 @@
-"""`longtail reproduce` end to end on real CIFAR-10 images with the real pretrained weights, at the
-``smoke`` preset (32 px, 1 epoch, 200 images in the head class) on a subset of the official
-arrays (250 train images per class: 200 for the long tail, 50 for validation; 30 test images
-per class): every strategy of the study is run, aggregated and reported, and a second
-invocation finds everything finished and redoes nothing.
+"""`longtail reproduce` end to end on real CIFAR-10 images with the real pretrained weights, in a
+small internal configuration (the ``smoke`` preset with overrides: 32 px, 1 epoch, 200 images in
+the head class) on a subset of the official arrays (250 train images per class: 200 for the long
+tail, 50 for validation; 30 test images per class): every strategy of the study is run,
+aggregated and reported; a second invocation finds everything finished and redoes nothing; an
+invocation with other settings into the same directory is refused before it writes anything.
 """
 
 from __future__ import annotations
@@ -38,34 +39,42 @@ def subset(cifar10_subset) -> Path:
     return cifar10_subset(250, 30)
 
 
-def _reproduce(data: Path, out: Path, cache: Path) -> subprocess.CompletedProcess:
-    command = [
-        sys.executable, "-m", "longtail", "reproduce",
-        "--preset", "smoke",
-        "--seeds", "0",
-        "--data", str(data),
-        "--weights", str(WEIGHTS),
-        "--cache-dir", str(cache),
-        "--out", str(out),
-    ]  # fmt: skip
-    result = subprocess.run(
-        command,
+SMALL = {"image_size": 32, "epochs": 1, "max_per_class": 200, "size_schedule": None}  # tests only: seconds
+
+
+def _reproduce(data: Path, out: Path, cache: Path, **settings) -> subprocess.CompletedProcess:
+    """``longtail.study.reproduce`` in a fresh process (one thread), with the small configuration."""
+    call = (
+        "import sys; from pathlib import Path; from longtail.errors import LongtailError\n"
+        "from longtail.study import reproduce\n"
+        "try:\n"
+        f"    reproduce(Path({str(out)!r}), preset='smoke', seeds=(0,), data={str(data)!r}, weights={str(WEIGHTS)!r},\n"
+        f"              cache_dir=Path({str(cache)!r}), overrides={ {**SMALL, **settings}!r})\n"
+        "except LongtailError as error:\n"
+        "    print(f'longtail: error: {error}', file=sys.stderr); sys.exit(2)\n"
+    )
+    return subprocess.run(
+        [sys.executable, "-c", call],
         capture_output=True,
         text=True,
         env={**os.environ, "LONGTAIL_CACHE": str(cache), "OMP_NUM_THREADS": "1"},
         timeout=1200,
     )
-    assert result.returncode == 0, result.stderr[-3000:]
-    return result
 
 
 def test_reproduce_runs_the_whole_study_and_resumes_without_redoing_anything(subset, tmp_path):
     out, cache = tmp_path / "study", tmp_path / "cache"
-    _reproduce(subset, out, cache)
+    done = _reproduce(subset, out, cache)
+    assert done.returncode == 0, done.stderr[-3000:]
 
     results = json.loads((out / "results.json").read_text())
     assert list(results["strategies"]) == STRATEGIES
     assert results["config"]["preset"] == "smoke" and results["config"]["seeds"] == [0]
+    assert "seed" not in results["config"]  # the list of seeds, not one of them
+    baseline_run = results["runs"]["seed0/baseline"]
+    assert baseline_run["config"]["seed"] == 0 and baseline_run["config"]["epochs"] == 1
+    assert baseline_run["test_image_size"] in (32, 48) and set(baseline_run["test_size_grid"]) == {"32", "48"}
+    assert results["runs"]["seed0/decoupled-focal"]["stage1"] == "seed0/baseline"
     for name, entry in results["strategies"].items():
         assert 0.0 <= entry["accuracy"] <= 1.0, name
         assert sum(entry["per_class"]["support"]) == 300, name  # the whole test subset
@@ -90,7 +99,16 @@ def test_reproduce_runs_the_whole_study_and_resumes_without_redoing_anything(sub
 
     # Everything finished: a rerun redoes nothing and reports the same numbers.
     stamps = {path: path.stat().st_mtime_ns for path in seed_dir.rglob("*") if path.is_file()}
-    _reproduce(subset, out, cache)
+    assert _reproduce(subset, out, cache).returncode == 0
     assert {path: path.stat().st_mtime_ns for path in stamps} == stamps
     again = json.loads((out / "results.json").read_text())
     assert again["strategies"] == results["strategies"]
+
+    # Other settings into the same directory: refused, naming the run and the setting, nothing written.
+    everything = {path: path.read_bytes() for path in out.rglob("*") if path.is_file() and path.name != ".lock"}
+    refused = _reproduce(subset, out, cache, epochs=2)
+    assert refused.returncode == 2
+    (line,) = [line for line in refused.stderr.splitlines() if line.startswith("longtail: error:")]
+    assert str(seed_dir / "baseline") in line and "epochs: recorded 1, requested 2" in line and "--overwrite" in line
+    assert {path: path.read_bytes() for path in everything} == everything
+    assert {p for p in out.rglob("*") if p.is_file() and p.name != ".lock"} == set(everything)

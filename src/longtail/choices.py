@@ -34,6 +34,15 @@ BN_MODES = ("auto", "frozen", "reestimate", "train")
 # Long-tail profiles of the training subset (``longtail.data.long_tail_counts``).
 PROFILES = ("exp", "step")
 
+# ``--imbalance natural``: every image of each class kept as the source has it (no subsampling).
+NATURAL_IMBALANCE = "natural"
+
+# Many/medium/few frequency groups of the metrics (``longtail.metrics.frequency_groups``):
+# "thirds" ranks the classes by training count (top 30 % many, bottom 30 % few: CIFAR-10-LT's
+# classes 0-2, 3-6, 7-9); "shots" uses the training-shot thresholds of the CIFAR-100-LT and
+# ImageNet-LT literature (many > 100, medium 20-100, few < 20 images).
+GROUPINGS = ("thirds", "shots")
+
 # Epoch orders (``longtail.samplers``).
 SAMPLERS = ("instance", "class-balanced")
 

@@ -13,7 +13,9 @@ from longtail.choices import (
     BN_MODES,
     DECAY_READINGS,
     DEFAULT_DECAY_READING,
+    GROUPINGS,
     LR_SCHEDULES,
+    NATURAL_IMBALANCE,
     SAMPLERS,
     STAGE2_LOSSES,
     STAGE2_METHODS,
@@ -25,6 +27,8 @@ from longtail.config import (
     Stage2Config,
     TrainConfig,
     check_int,
+    check_prediction_options,
+    parse_imbalance,
     parse_size_schedule,
     parse_test_size,
     study_config,
@@ -39,26 +43,84 @@ class _Parser(argparse.ArgumentParser):
         raise LongtailError(f"{message} (see `{self.prog} --help`)")
 
 
-def _add_data_options(parser: argparse.ArgumentParser) -> None:
+# The TrainConfig fields the data options set; an option not given leaves the config's default.
+DATA_FIELDS = (
+    "imbalance",
+    "profile",
+    "max_per_class",
+    "val_per_class",
+    "val_fraction",
+    "test_fraction",
+    "store_size",
+    "skip_bad_images",
+    "groups",
+)
+
+
+def _add_data_options(parser: argparse.ArgumentParser, *, seed: bool = True) -> None:
+    """The options of the data and its split, shared by data, train and reproduce (``seed``: with --seed)."""
     parser.add_argument(
         "--data",
-        help="an .npz, an image folder, a .tar.gz of one, or a torchvision CIFAR-10 root (default: $LONGTAIL_DATA)",
+        help="an .npz, an image folder ROOT/train/<class>/* (ROOT/test/<class>/* optional), a .tar.gz of one, or a "
+        "torchvision CIFAR-10/100 root (default: $LONGTAIL_DATA)",
     )
-    parser.add_argument("--imbalance", type=float, default=100.0, help="imbalance factor n_max/n_min (default 100)")
-    parser.add_argument("--profile", default="exp", help="long-tail profile: exp or step (default exp)")
-    parser.add_argument("--max-per-class", type=int, help="head-class count n_max (default: all 5,000)")
+    parser.add_argument(
+        "--imbalance",
+        type=parse_imbalance,
+        help="imbalance factor n_max/n_min of the long-tailed subset (default 100), or natural: keep every image "
+        "of each class as the data has it",
+    )
+    parser.add_argument("--profile", help="long-tail profile: exp or step (default exp)")
+    parser.add_argument("--max-per-class", type=int, help="head-class count n_max (default: the smallest class's size)")
     parser.add_argument(
         "--val-per-class",
         type=int,
-        default=50,
         help="validation images held out per class (default 50; 0 keeps the standard counts)",
     )
-    parser.add_argument("--seed", type=int, default=0, help="seed of the subset, sampling and initialisation")
+    parser.add_argument(
+        "--val-fraction",
+        type=float,
+        help="instead of --val-per-class: hold out this share of each class (at least one image), for small classes",
+    )
+    parser.add_argument(
+        "--test-fraction",
+        type=float,
+        help="for data without a test split: hold out this share of each class (at least one image) as the test "
+        "split, the same for every run on the data",
+    )
+    parser.add_argument(
+        "--store-size",
+        type=int,
+        help="image folders: decode every image to SxS px (shorter side scaled to S, then centre-cropped); default: "
+        "the images' own size if they all are one square size, else their median shorter side within 32..64",
+    )
+    parser.add_argument(
+        "--skip-bad-images",
+        action="store_true",
+        default=None,
+        help="image folders: leave out files that are not readable images (counted in run.json) instead of failing",
+    )
+    parser.add_argument(
+        "--groups",
+        help=f"many/medium/few groups of the metrics: {' or '.join(GROUPINGS)} (thirds: the top and bottom 30%% of "
+        "classes by training count, default; shots: > 100, 20-100, < 20 training images)",
+    )
+    if seed:
+        parser.add_argument("--seed", type=int, default=0, help="seed of the subset, sampling and initialisation")
     parser.add_argument(
         "--cache-dir",
         type=Path,
         help="where decoded arrays and index files live (default: $LONGTAIL_CACHE or ~/.cache/longtail)",
     )
+
+
+def _data_settings(args) -> dict:
+    """The TrainConfig fields of the data options given. A --val-fraction replaces the default 50
+    validation images per class."""
+    settings = {name: getattr(args, name) for name in DATA_FIELDS if getattr(args, name) is not None}
+    if "val_fraction" in settings:
+        settings.setdefault("val_per_class", 0)
+    return settings
 
 
 def _add_train_options(parser: argparse.ArgumentParser) -> None:
@@ -116,7 +178,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="longtail", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    data = commands.add_parser("data", help="print the long-tailed per-class counts")
+    data = commands.add_parser(
+        "data", help="print the per-class counts of the training, validation and test splits, and the imbalance"
+    )
     _add_data_options(data)
 
     train = commands.add_parser("train", help="stage 1: train EfficientNet-B0 end to end")
@@ -156,10 +220,9 @@ def build_parser() -> argparse.ArgumentParser:
         default="cpu",
         help="seed (the study's recipe, GPU), cpu (fits 60 min on 2 cores) or smoke (a few minutes)",
     )
-    reproduce.add_argument("--imbalance", type=float, default=100.0)
+    _add_data_options(reproduce, seed=False)
     reproduce.add_argument("--seeds", type=int, nargs="+", default=[0])
     reproduce.add_argument("--extras", action="store_true", help="add the strategies beyond the study")
-    reproduce.add_argument("--data", help="as for train (default: $LONGTAIL_DATA)")
     reproduce.add_argument("--weights", default="imagenet", help="as for train")
     reproduce.add_argument("--decay-reading", help="override the default reading of 'weight decay 0.9999'")
     reproduce.add_argument("--epochs", type=int, help="override the preset's stage-1 epochs")
@@ -172,38 +235,79 @@ def build_parser() -> argparse.ArgumentParser:
     reproduce.add_argument(
         "--overwrite", action="store_true", help="retrain every run under --out (whatever settings they had)"
     )
-    reproduce.add_argument("--cache-dir", type=Path)
 
     evaluate = commands.add_parser("evaluate", help="write RUN/metrics.json and figures")
     evaluate.add_argument("run", type=Path)
     evaluate.add_argument("--cache-dir", type=Path)
+
+    predict = commands.add_parser(
+        "predict", help="classify image files or folders with a finished run (or a stage-2 head fitted on it)"
+    )
+    predict.add_argument("run", type=Path, help="a finished `longtail train` run (stage 1)")
+    predict.add_argument("paths", type=Path, nargs="+", metavar="PATH", help="image files, or folders of them")
+    predict.add_argument("--head", type=Path, help="a `longtail decouple` run fitted on RUN: classify with its head")
+    predict.add_argument(
+        "--out",
+        type=Path,
+        help="write the predictions to this .csv or .json file (default: CSV on stdout)",
+    )
+    predict.add_argument("--top-k", type=int, help="classes listed per image (default 5, or all if fewer)")
+    predict.add_argument(
+        "--cache-dir",
+        type=Path,
+        help="the run's data cache (only runs recorded before run.json held their class names need their data)",
+    )
     return parser
 
 
 def _command_data(args) -> None:
-    TrainConfig(
-        data=args.data,
-        imbalance=args.imbalance,
-        profile=args.profile,
-        max_per_class=args.max_per_class,
-        val_per_class=args.val_per_class,
-        seed=args.seed,
-    ).validate()
-    from longtail.data import load_arrays, long_tail_split
+    config = TrainConfig(data=args.data, seed=args.seed, **_data_settings(args))
+    config.validate()
+    import numpy as np
 
-    arrays = load_arrays(args.data, args.cache_dir)
-    split = long_tail_split(
-        arrays, args.imbalance, args.profile, args.seed, args.val_per_class, args.max_per_class, args.cache_dir
+    from longtail.data import listed
+    from longtail.metrics import frequency_groups
+    from longtail.train import load_dataset
+
+    dataset = load_dataset(config, pretrained=False, cache_dir=args.cache_dir)
+    arrays, split = dataset.arrays, dataset.split
+    counts = {
+        "val": np.bincount(arrays.y_train[split.val], minlength=arrays.num_classes),
+        "test": np.bincount(dataset.test_labels, minlength=arrays.num_classes),
+    }
+    group_of = {
+        c: group for group, members in frequency_groups(split.train_counts, config.groups).items() for c in members
+    }
+    height, width = arrays.image_shape
+    print(f"source: {arrays.source} (sha256 {arrays.fingerprint[:16]}...), images stored at {height}x{width} px")
+    if arrays.skipped:
+        print(f"left out {len(arrays.skipped)} unreadable image file(s) (--skip-bad-images): {listed(arrays.skipped)}")
+    shape = (
+        "natural imbalance (every image kept)"
+        if config.imbalance == NATURAL_IMBALANCE
+        else f"profile {config.profile}, imbalance {config.imbalance:g}"
     )
-    width = max(len(n) for n in arrays.class_names)
-    print(f"source: {arrays.source} (sha256 {arrays.fingerprint[:16]}...)")
-    print(f"profile {args.profile}, imbalance {args.imbalance:g}, seed {args.seed}, index file {split.index_file}")
-    print(f"{'class':<{width + 4}} {'profile':>8} {'train':>8} {'val':>5}")
-    val_counts = [int((arrays.y_train[split.val] == c).sum()) for c in range(arrays.num_classes)]
+    print(f"{shape}, seed {config.seed}, index file {split.index_file}")
+    name_width = max(5, *(len(n) for n in arrays.class_names))
+    print(f"{'':>3} {'class':<{name_width}} {'profile':>8} {'train':>8} {'val':>6} {'test':>6}  {config.groups} group")
     for c, name in enumerate(arrays.class_names):
-        print(f"{c:>2}  {name:<{width}} {split.profile_counts[c]:>8} {split.train_counts[c]:>8} {val_counts[c]:>5}")
-    print(f"total{'':<{width - 1}} {sum(split.profile_counts):>8} {sum(split.train_counts):>8} {len(split.val):>5}")
-    print(f"test: {len(arrays.y_test)} images (the full balanced test split)")
+        print(
+            f"{c:>3} {name:<{name_width}} {split.profile_counts[c]:>8} {split.train_counts[c]:>8} "
+            f"{counts['val'][c]:>6} {counts['test'][c]:>6}  {group_of[c]}"
+        )
+    print(
+        f"{'':>3} {'total':<{name_width}} {sum(split.profile_counts):>8} {sum(split.train_counts):>8} "
+        f"{len(split.val):>6} {len(dataset.test_labels):>6}"
+    )
+    most, fewest = max(split.train_counts), min(split.train_counts)
+    print(f"imbalance factor of the training counts: {most / fewest:.1f} ({most} / {fewest})")
+    if split.test is None:
+        print(f"test: {len(dataset.test_labels)} images, the source's own test split")
+    else:
+        print(
+            f"test: {len(dataset.test_labels)} images held out of the training images "
+            f"(--test-fraction {config.test_fraction:g}, stratified, the same for every run on this data)"
+        )
 
 
 def _train_config(args) -> TrainConfig:
@@ -215,10 +319,7 @@ def _train_config(args) -> TrainConfig:
         data=args.data,
         weights=args.weights,
         strategy=args.strategy,
-        imbalance=args.imbalance,
-        profile=args.profile,
-        max_per_class=args.max_per_class,
-        val_per_class=args.val_per_class,
+        **_data_settings(args),
         image_size=args.image_size
         if args.image_size is not None
         else (stages[-1][0] if stages else defaults.image_size),
@@ -271,6 +372,8 @@ def _command_decouple(args) -> None:
 
 
 def _command_reproduce(args) -> None:
+    data_settings = _data_settings(args)
+    imbalance = data_settings.pop("imbalance", TrainConfig.imbalance)
     settings = dict(
         epochs=args.epochs,
         image_size=args.image_size,
@@ -280,8 +383,8 @@ def _command_reproduce(args) -> None:
         tta=args.tta,
         decay_reading=args.decay_reading,
     )
-    given = {key: value for key, value in settings.items() if value is not None}
-    study_config(args.preset, data=args.data, weights=args.weights, imbalance=args.imbalance, given=given)
+    given = {**{key: value for key, value in settings.items() if value is not None}, **data_settings}
+    study_config(args.preset, data=args.data, weights=args.weights, imbalance=imbalance, given=given)
     for seed in args.seeds:
         check_int("seeds", seed, 0, MAX_SEED)
     from longtail.study import reproduce
@@ -290,12 +393,13 @@ def _command_reproduce(args) -> None:
         args.out,
         preset=args.preset,
         seeds=tuple(args.seeds),
-        imbalance=args.imbalance,
+        imbalance=imbalance,
         extras=args.extras,
         data=args.data,
         weights=args.weights,
         overwrite=args.overwrite,
         cache_dir=args.cache_dir,
+        overrides=data_settings,
         **settings,
     )
     for name, entry in results["strategies"].items():
@@ -327,12 +431,25 @@ def _command_evaluate(args) -> None:
     _print_summary(metrics, args.run)
 
 
+def _command_predict(args) -> None:
+    check_prediction_options(args.out, args.top_k)
+    from longtail.prediction import predict, write_predictions
+
+    predictions = predict(args.run, args.paths, head=args.head, top_k=args.top_k, cache_dir=args.cache_dir)
+    for _, why in predictions.failed:
+        print(f"longtail: skipped {why}", file=sys.stderr)
+    write_predictions(predictions, args.out)
+    if args.out is not None:
+        print(f"classified {len(predictions.paths)} images -> {args.out}")
+
+
 COMMANDS = {
     "data": _command_data,
     "train": _command_train,
     "decouple": _command_decouple,
     "reproduce": _command_reproduce,
     "evaluate": _command_evaluate,
+    "predict": _command_predict,
 }
 
 

@@ -12,13 +12,16 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import ClassVar
 
 from longtail.choices import (
     BN_MODES,
     DECAY_READINGS,
     DEFAULT_DECAY_READING,
+    GROUPINGS,
     LR_SCHEDULES,
+    NATURAL_IMBALANCE,
     PROFILES,
     SAMPLERS,
     STAGE2_LOSSES,
@@ -31,6 +34,9 @@ from longtail.errors import LongtailError
 MIN_IMAGE_SIZE = 32  # the CIFAR images' own size; EfficientNet-B0's stride is 32
 MAX_IMAGE_SIZE = 1024
 MAX_SEED = 2**32 - 1  # numpy's seeds are 32-bit
+# Stored size of decoded image folders (``--store-size``): down to 16 px (smaller than the model's
+# input, which upsamples), up to the largest input size.
+MIN_STORE_SIZE, MAX_STORE_SIZE = 16, MAX_IMAGE_SIZE
 TEST_SIZE_MODES = ("auto", "train")
 
 
@@ -99,7 +105,7 @@ class TrainConfig:
     data: str | None = None
     weights: str = "imagenet"
     strategy: str = "baseline"
-    imbalance: float = 100.0
+    imbalance: float | str = 100.0  # n_max / n_min of the profile, or "natural" (every image kept)
     profile: str = "exp"
     max_per_class: int | None = None
     val_per_class: int = 50
@@ -123,6 +129,13 @@ class TrainConfig:
     # training size up), "train" (the training size) or a number of pixels.
     test_size: int | str = "auto"
     tta: str = "none"  # "flip": also report metrics with flip test-time augmentation
+    # Image folders and tarballs: the stored image size (None: chosen from the images, see
+    # longtail.data) and whether unreadable images are left out (else they are an error).
+    store_size: int | None = None
+    skip_bad_images: bool = False
+    val_fraction: float | None = None  # validation share of each class, instead of val_per_class
+    test_fraction: float | None = None  # test share of each class held out of a source without a test split
+    groups: str = "thirds"  # frequency groups of the metrics: thirds or shots (longtail.metrics)
 
     # Fields added after runs were recorded without them, with the value those runs imply.
     ADDED_LATER: ClassVar[dict] = {
@@ -130,6 +143,11 @@ class TrainConfig:
         "lr_schedule": "constant",
         "test_size": "train",
         "tta": "none",
+        "store_size": None,
+        "skip_bad_images": False,
+        "val_fraction": None,
+        "test_fraction": None,
+        "groups": "thirds",
     }
 
     def validate(self) -> None:
@@ -141,11 +159,8 @@ class TrainConfig:
         check_choice("device", self.device, ("auto", "cpu", "cuda"))
         check_choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
         check_choice("tta", self.tta, TTA_MODES)
-        if not (isinstance(self.imbalance, (int, float)) and math.isfinite(self.imbalance) and self.imbalance >= 1):
-            raise LongtailError(f"--imbalance must be a finite number >= 1, got {self.imbalance!r}")
-        if self.max_per_class is not None:
-            check_int("max_per_class", self.max_per_class, 1)
-        check_int("val_per_class", self.val_per_class, 0)
+        check_choice("groups", self.groups, GROUPINGS)
+        self._validate_data()
         check_int("image_size", self.image_size, MIN_IMAGE_SIZE, MAX_IMAGE_SIZE)
         check_int("epochs", self.epochs, 1)
         check_int("batch_size", self.batch_size, 1)
@@ -168,6 +183,37 @@ class TrainConfig:
         if self.test_size not in TEST_SIZE_MODES:
             check_int("test_size", self.test_size, MIN_IMAGE_SIZE, MAX_IMAGE_SIZE)
 
+    def _validate_data(self) -> None:
+        """The settings of the data: imbalance, validation and test splits, decoding."""
+        natural = self.imbalance == NATURAL_IMBALANCE
+        numeric = isinstance(self.imbalance, (int, float)) and not isinstance(self.imbalance, bool)
+        if not natural and not (numeric and math.isfinite(self.imbalance) and self.imbalance >= 1):
+            raise LongtailError(f"--imbalance must be a finite number >= 1 or natural, got {self.imbalance!r}")
+        if self.max_per_class is not None:
+            check_int("max_per_class", self.max_per_class, 1)
+            if natural:
+                raise LongtailError(
+                    "--max-per-class sets the head count of an imbalance profile, and --imbalance natural keeps "
+                    "every image: leave one of them out"
+                )
+        if natural and self.profile != "exp":
+            raise LongtailError(
+                f"--profile {self.profile} shapes a numeric --imbalance, and --imbalance natural keeps every image: "
+                "leave one of them out"
+            )
+        check_int("val_per_class", self.val_per_class, 0)
+        if self.val_fraction is not None:
+            check_float("val_fraction", self.val_fraction, 0.0, 1.0, low_open=True, high_open=True)
+            if self.val_per_class != 0:
+                raise LongtailError(
+                    f"--val-per-class {self.val_per_class} and --val-fraction {self.val_fraction:g} both set the "
+                    "validation split: give one of them"
+                )
+        if self.test_fraction is not None:
+            check_float("test_fraction", self.test_fraction, 0.0, 1.0, low_open=True, high_open=True)
+        if self.store_size is not None:
+            check_int("store_size", self.store_size, MIN_STORE_SIZE, MAX_STORE_SIZE)
+
     def epoch_size(self, epoch: int) -> int:
         """The training image size of ``epoch`` (0-based)."""
         if self.size_schedule is None:
@@ -181,6 +227,16 @@ class TrainConfig:
     @property
     def epoch_sizes(self) -> list[int]:
         return [self.epoch_size(epoch) for epoch in range(self.epochs)]
+
+
+def parse_imbalance(text: str) -> float | str:
+    """The command line's ``--imbalance``: a number or natural."""
+    if text == NATURAL_IMBALANCE:
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise LongtailError(f"--imbalance must be a number >= 1 or natural, got '{text}'") from None
 
 
 def parse_test_size(text: str) -> int | str:
@@ -237,6 +293,24 @@ class Stage2Config:
         if self.sampler is not None:
             return self.sampler
         return "class-balanced" if self.loss == "crt" or self.method == "lws" else "instance"
+
+
+# ---------------------------------------------------------------- longtail predict
+
+PREDICTION_FORMATS = (".csv", ".json")  # the output file's extension chooses its format
+DEFAULT_TOP_K = 5  # classes listed per image (fewer when the run has fewer classes)
+
+
+def check_prediction_options(out: Path | None, top_k: int | None) -> None:
+    """``longtail predict``'s --out (a .csv or .json file, or None for CSV on stdout) and --top-k
+    (at least 1; that it does not exceed the run's classes is checked against the run)."""
+    if top_k is not None:
+        check_int("top_k", top_k, 1)
+    if out is not None and Path(out).suffix.lower() not in PREDICTION_FORMATS:
+        raise LongtailError(
+            f"--out {out}: predictions are written as CSV or JSON, chosen by the extension; name the file "
+            "*.csv or *.json, or leave --out out for CSV on stdout"
+        )
 
 
 # ---------------------------------------------------------------- comparing recorded settings
@@ -300,10 +374,11 @@ PRESETS = {
 }
 
 
-def study_config(preset: str, *, data, weights: str, imbalance: float, given: dict) -> TrainConfig:
+def study_config(preset: str, *, data, weights: str, imbalance: float | str, given: dict) -> TrainConfig:
     """The stage-1 settings shared by every run of a study: the preset's, with ``given`` (any
     ``TrainConfig`` field) overriding them. A --size-schedule given alone sets the epochs and the
-    image size; an --epochs or --image-size given without one replaces the preset's schedule."""
+    image size; an --epochs or --image-size given without one replaces the preset's schedule.
+    ``--imbalance natural`` drops the preset's head count (it keeps every image)."""
     check_choice("preset", preset, PRESETS)
     chosen = PRESETS[preset]
     settings = {
@@ -319,6 +394,8 @@ def study_config(preset: str, *, data, weights: str, imbalance: float, given: di
         settings.update(epochs=sum(e for _, e in stages), image_size=stages[-1][0])
     elif {"epochs", "image_size"} & given.keys() and "size_schedule" not in given:
         settings["size_schedule"] = None
+    if imbalance == NATURAL_IMBALANCE:
+        settings["max_per_class"] = None
     unknown = sorted(set(given) - {f.name for f in dataclasses.fields(TrainConfig)})
     if unknown:
         raise LongtailError(f"unknown study settings {unknown}")

@@ -414,7 +414,7 @@ def decouple_many(
                     "fitted_with": [str(other) for other in outs if other != out],
                 },
             )
-            metrics[out] = _evaluate_head(out, head, features, dataset, figures)
+            metrics[out] = _evaluate_head(out, head, features, dataset, figures, stage1_config.groups)
         return metrics
 
 
@@ -464,12 +464,16 @@ def evaluate_decoupled(run_dir: Path, cache_dir: Path | None = None, figures: bo
     head = load_head(run_dir, dataset.arrays.num_classes)
     with RunLock(stage1_dir):
         features = _stage1_features(stage1_dir, stage1_config, dataset, stage1_run, 0, cache_dir)
-    return _evaluate_head(run_dir, head, features, dataset, figures)
+    return _evaluate_head(run_dir, head, features, dataset, figures, stage1_config.groups)
 
 
-def _evaluate_head(run_dir: Path, head: nn.Module, features: Features, dataset: Dataset, figures: bool) -> dict:
+def _evaluate_head(
+    run_dir: Path, head: nn.Module, features: Features, dataset: Dataset, figures: bool, grouping: str
+) -> dict:
     """Test metrics of ``head`` on the cached test features (and with flip TTA when the features
-    hold the mirrored test images), written into ``run_dir``."""
+    hold the mirrored test images), written into ``run_dir`` with the stage-1 run's ``grouping``."""
     logits = apply_head(head, features.test)
     flip_logits = apply_head(head, features.test, features.test_flip) if features.test_flip is not None else None
-    return save_evaluation(run_dir, dataset.arrays.y_test, logits, dataset, figures, flip_logits=flip_logits)
+    return save_evaluation(
+        run_dir, dataset.test_labels, logits, dataset, figures, grouping=grouping, flip_logits=flip_logits
+    )

@@ -226,7 +226,7 @@ def load_or_extract_features(
         label = f"train features at {image_size} px" + (f", view {view}" if view else "")
         train_views.append(extract_features(model, train_images, *args, generator=generator, progress=label))
     parts["train"] = torch.stack(train_views)
-    images = {"val": arrays.x_train[split.val], "test": arrays.x_test}
+    images = {"val": arrays.x_train[split.val], "test": dataset.test_images}
     for key in [key for key in needed if key not in parts]:
         name = key.removesuffix("_flip")
         label = f"{name} features at {image_size} px" + (", mirrored" if key.endswith("_flip") else "")

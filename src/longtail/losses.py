@@ -23,6 +23,7 @@ from torch import Tensor
 from longtail.errors import LongtailError
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
+LDAM_SCALE = 30.0  # s of LDAM's cosine logits (Cao et al.): the scale its softmax is trained and read at
 
 
 # ---------------------------------------------------------------- class weights
@@ -149,7 +150,7 @@ def ldam(
     logits: Tensor,
     targets: Tensor,
     class_counts,
-    scale: float = 30.0,
+    scale: float = LDAM_SCALE,
     max_margin: float = 0.5,
     weights: Tensor | None = None,
 ) -> Tensor:
@@ -212,7 +213,7 @@ LOSSES: dict[str, LossSpec] = {
         "inverse-frequency weighted CE",
     ),
     "ldam": LossSpec(
-        lambda counts, ldam_scale=30.0, ldam_max_margin=0.5, weights=None, **_: (
+        lambda counts, ldam_scale=LDAM_SCALE, ldam_max_margin=0.5, weights=None, **_: (
             lambda z, y: ldam(z, y, counts, ldam_scale, ldam_max_margin, weights)
         ),
         "LDAM (Cao et al. 2019)",

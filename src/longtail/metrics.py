@@ -9,8 +9,9 @@
 - ``confusion_matrix``: counts, rows = true class, columns = predicted class;
   ``confusion_matrix_normalized``: each row divided by its total (row = recall profile).
 - ``groups``: ``many``/``medium``/``few`` accuracy (mean recall of the classes in the group;
-  ``null`` for a group with no class, as ``medium`` with fewer than three classes), and
-  ``group_classes``: which classes form each group (stated in the file).
+  ``null`` for a group with no class, as ``medium`` with fewer than three classes),
+  ``group_classes``: which classes form each group, and ``grouping``: the rule that formed them
+  (``frequency_groups``: ``thirds`` or ``shots``).
 - ``class_names`` and ``train_counts``.
 """
 
@@ -26,6 +27,7 @@ from sklearn.metrics import (
     precision_recall_fscore_support,
 )
 
+from longtail.choices import GROUPINGS
 from longtail.errors import LongtailError
 
 HEADLINE = (
@@ -39,6 +41,8 @@ HEADLINE = (
     "medium",
     "few",
 )
+# Training-shot thresholds of "shots" groups: many > 100 images, medium 20..100, few < 20.
+MANY_SHOT_ABOVE, FEW_SHOT_BELOW = 100, 20
 
 
 def row_normalize(counts: np.ndarray) -> np.ndarray:
@@ -48,13 +52,27 @@ def row_normalize(counts: np.ndarray) -> np.ndarray:
     return np.divide(counts, totals, out=np.zeros(counts.shape, dtype=float), where=totals > 0)
 
 
-def frequency_groups(train_counts: Sequence[int]) -> dict[str, list[int]]:
+def frequency_groups(train_counts: Sequence[int], grouping: str = "thirds") -> dict[str, list[int]]:
     """Split classes into many / medium / few shot by training count.
 
-    The classes are ranked by count (largest first); the top 30 % are ``many``, the bottom
-    30 % ``few`` and the rest ``medium``. For CIFAR-10-LT this is classes 0-2, 3-6 and 7-9,
-    the split used by the CIFAR-LT literature for 10 classes.
+    ``thirds``: the classes are ranked by count (largest first); the top 30 % are ``many``, the
+    bottom 30 % ``few`` and the rest ``medium``. For CIFAR-10-LT this is classes 0-2, 3-6 and
+    7-9, the split used by the CIFAR-LT literature for 10 classes.
+
+    ``shots``: by the training count ``n_c`` itself, ``many`` for ``n_c > 100``, ``medium`` for
+    ``20 <= n_c <= 100``, ``few`` for ``n_c < 20``: the convention of ImageNet-LT (Liu et al.,
+    CVPR 2019, "Large-Scale Long-Tailed Recognition in an Open World") that the CIFAR-100-LT
+    literature follows (Kang et al., ICLR 2020; Menon et al., ICLR 2021). CIFAR-100-LT at IF = 100
+    (500 down to 5 images) gives 35 many, 35 medium and 30 few classes. A group may be empty.
     """
+    if grouping not in GROUPINGS:
+        raise LongtailError(f"unknown grouping '{grouping}': choose one of {', '.join(GROUPINGS)}")
+    if grouping == "shots":
+        return {
+            "many": [c for c, n in enumerate(train_counts) if n > MANY_SHOT_ABOVE],
+            "medium": [c for c, n in enumerate(train_counts) if FEW_SHOT_BELOW <= n <= MANY_SHOT_ABOVE],
+            "few": [c for c, n in enumerate(train_counts) if n < FEW_SHOT_BELOW],
+        }
     order = [int(c) for c in np.argsort(-np.asarray(train_counts), kind="stable")]
     n_edge = max(1, round(0.3 * len(order)))
     return {
@@ -69,8 +87,10 @@ def classification_metrics(
     y_pred: Sequence[int] | np.ndarray,
     class_names: Sequence[str],
     train_counts: Sequence[int],
+    grouping: str = "thirds",
 ) -> dict:
-    """All metrics of a prediction, as plain JSON-serialisable Python types."""
+    """All metrics of a prediction, as plain JSON-serialisable Python types; ``grouping`` forms the
+    frequency groups (``frequency_groups``)."""
     y_true = np.asarray(y_true)
     y_pred = np.asarray(y_pred)
     if y_true.shape != y_pred.shape or y_true.ndim != 1 or len(y_true) == 0:
@@ -97,7 +117,7 @@ def classification_metrics(
         for average in ("macro", "weighted")
     }
     counts = confusion_matrix(y_true, y_pred, labels=labels)
-    groups = frequency_groups(train_counts)
+    groups = frequency_groups(train_counts, grouping)
     return {
         "accuracy": float(accuracy_score(y_true, y_pred)),
         "balanced_accuracy": float(balanced_accuracy_score(y_true, y_pred)),
@@ -113,6 +133,7 @@ def classification_metrics(
         "confusion_matrix_normalized": row_normalize(counts).tolist(),
         "groups": {name: float(np.mean(recall[members])) if members else None for name, members in groups.items()},
         "group_classes": groups,
+        "grouping": grouping,
         "class_names": list(class_names),
         "train_counts": [int(c) for c in train_counts],
     }
@@ -162,6 +183,7 @@ def aggregate_seeds(per_seed: Sequence[dict], seeds: Sequence[int]) -> dict:
         "confusion_matrix_normalized": row_normalize(counts).tolist(),
         "groups": {k: over_seeds(np.mean, k) for k in first["groups"]},
         "group_classes": first["group_classes"],
+        "grouping": first.get("grouping", "thirds"),  # metrics written before --groups were all thirds
         "class_names": first["class_names"],
         "train_counts": first["train_counts"],
         "seeds": [int(s) for s in seeds],

@@ -49,6 +49,9 @@ _MEAN_STD_KEYS = ("weighted_precision", "weighted_recall", "weighted_f1", "macro
 _METRIC_LABELS = {"accuracy": "Top-1", "weighted_f1": "Weighted F1"}
 _NONE = "—"  # a number the study did not report, or a frequency group with no class
 _DPI = 100
+# Up to this many classes a figure labels every class (and the confusion matrix every cell);
+# beyond it (CIFAR-100's 100 classes) every k-th class is labelled and cells are colour only.
+LABELLED_CLASSES = 20
 
 
 # ---------------------------------------------------------------------------------------------
@@ -63,21 +66,36 @@ def _save(fig: Figure, path) -> Path:
     return Path(path)
 
 
+def _labelled(names: Sequence[str]) -> tuple[np.ndarray, list[str]]:
+    """Tick positions and labels along a class axis: every class up to ``LABELLED_CLASSES``,
+    else every k-th so that at most that many are labelled."""
+    step = -(-len(names) // LABELLED_CLASSES)
+    positions = np.arange(0, len(names), step)
+    return positions, [names[p] for p in positions]
+
+
+def _by_count(train_counts: Sequence[int]) -> np.ndarray:
+    """Class indices by training count, largest first (stable: CIFAR-LT's order is unchanged)."""
+    return np.argsort(-np.asarray(train_counts), kind="stable")
+
+
 def plot_confusion_matrix(metrics: dict, path, title: str) -> Path:
-    """Heatmap of the row-normalised confusion matrix, each cell labelled with its value."""
+    """Heatmap of the row-normalised confusion matrix, each cell labelled with its value (colour
+    only beyond ``LABELLED_CLASSES`` classes, where the numbers would not be readable)."""
     matrix = np.asarray(metrics["confusion_matrix_normalized"], dtype=float)
     names = metrics["class_names"]
-    fig = Figure(figsize=(6, 5.5), layout="constrained")
+    many = len(names) > LABELLED_CLASSES
+    fig = Figure(figsize=(9, 8.5) if many else (6, 5.5), layout="constrained")
     ax = fig.add_subplot()
     image = ax.imshow(matrix, cmap="Blues", vmin=0.0, vmax=1.0)
     fig.colorbar(image, ax=ax)
-    for (row, col), value in np.ndenumerate(matrix):
-        ax.text(
-            col, row, f"{value:.2f}", ha="center", va="center", fontsize=7, color="white" if value > 0.5 else "black"
-        )
-    ticks = np.arange(len(names))
-    ax.set_xticks(ticks, names, rotation=45, ha="right", rotation_mode="anchor")
-    ax.set_yticks(ticks, names)
+    if not many:
+        for (row, col), value in np.ndenumerate(matrix):
+            color = "white" if value > 0.5 else "black"
+            ax.text(col, row, f"{value:.2f}", ha="center", va="center", fontsize=7, color=color)
+    ticks, labels = _labelled(names)
+    ax.set_xticks(ticks, labels, rotation=45, ha="right", rotation_mode="anchor")
+    ax.set_yticks(ticks, labels)
     ax.set_xlabel("Predicted label")
     ax.set_ylabel("True label")
     ax.set_title(title)
@@ -85,14 +103,16 @@ def plot_confusion_matrix(metrics: dict, path, title: str) -> Path:
 
 
 def plot_precision_recall(metrics: dict, path, title: str) -> Path:
-    """Grouped bar chart of per-class precision and recall (in %)."""
-    names = metrics["class_names"]
+    """Grouped bar chart of per-class precision and recall (in %), classes by training count
+    (largest first)."""
+    order = _by_count(metrics["train_counts"])
+    names = [metrics["class_names"][c] for c in order]
     x = np.arange(len(names))
-    fig = Figure(figsize=(8, 4.5), layout="constrained")
+    fig = Figure(figsize=(12, 4.5) if len(names) > LABELLED_CLASSES else (8, 4.5), layout="constrained")
     ax = fig.add_subplot()
     for offset, key in ((-0.2, "precision"), (0.2, "recall")):
-        ax.bar(x + offset, 100 * np.asarray(metrics["per_class"][key]), width=0.4, label=key.capitalize())
-    ax.set_xticks(x, names, rotation=30, ha="right", rotation_mode="anchor")
+        ax.bar(x + offset, 100 * np.asarray(metrics["per_class"][key])[order], width=0.4, label=key.capitalize())
+    ax.set_xticks(*_labelled(names), rotation=30, ha="right", rotation_mode="anchor")
     ax.set_ylim(0, 115)
     ax.set_yticks(range(0, 101, 20))
     ax.set_ylabel("%")
@@ -109,14 +129,20 @@ def _imbalance_factor(counts: Sequence[int]) -> str:
 
 
 def plot_class_histogram(train_counts: Sequence[int], class_names: Sequence[str], path) -> Path:
-    """Bar chart (log scale) of training images per class, each bar labelled with its count."""
-    fig = Figure(figsize=(8, 4.5), layout="constrained")
+    """Bar chart (log scale) of training images per class, largest first, each bar labelled with
+    its count (up to ``LABELLED_CLASSES`` classes)."""
+    order = _by_count(train_counts)
+    names = [class_names[c] for c in order]
+    many = len(names) > LABELLED_CLASSES
+    fig = Figure(figsize=(12, 4.5) if many else (8, 4.5), layout="constrained")
     ax = fig.add_subplot()
-    bars = ax.bar(list(class_names), list(train_counts), color="tab:blue")
-    ax.bar_label(bars, fontsize=8)
+    bars = ax.bar(np.arange(len(names)), np.asarray(train_counts)[order], color="tab:blue")
+    if not many:
+        ax.bar_label(bars, fontsize=8)
+    ax.set_xticks(*_labelled(names))
+    ax.tick_params(axis="x", labelrotation=30)
     ax.set_yscale("log")
     ax.set_ylabel("training images (log scale)")
-    ax.tick_params(axis="x", labelrotation=30)
     ax.set_title(
         f"Training images per class: {sum(train_counts)} total, imbalance factor {_imbalance_factor(train_counts)}"
     )
@@ -128,17 +154,20 @@ def plot_recall_comparison(strategies: Mapping[str, dict], path) -> Path:
     fig = Figure(figsize=(10, 5), layout="constrained")
     ax = fig.add_subplot()
     markers = "osD^v<>ph*"
+    names = next(iter(strategies.values()))["class_names"]
+    many = len(names) > LABELLED_CLASSES
     for index, (name, entry) in enumerate(strategies.items()):
         ax.plot(
-            entry["class_names"],
+            np.arange(len(names)),
             100 * np.asarray(entry["per_class"]["recall"]),
-            marker=markers[index % len(markers)],
+            marker=None if many else markers[index % len(markers)],
             linestyle="-" if index < 10 else "--",
             label=name,
         )
+    ax.set_xticks(*_labelled(names))
+    ax.tick_params(axis="x", labelrotation=30)
     ax.set_ylim(0, 105)
     ax.set_ylabel("recall (%)")
-    ax.tick_params(axis="x", labelrotation=30)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     ax.set_title("Per-class recall by strategy")

@@ -29,14 +29,13 @@ from longtail.config import (
     from_record,
     study_config,
 )
-from longtail.data import load_arrays
 from longtail.decouple import decouple_many
 from longtail.errors import LongtailError
 from longtail.metrics import aggregate_seeds
 from longtail.models import build_model
 from longtail.report import render_study
 from longtail.runs import RUN_FILE, RunLock, atomic_write_json, read_json, run_status
-from longtail.train import run_test_size, train
+from longtail.train import load_source, run_test_size, train
 
 STUDY_LOSSES = ("modified-ce", "balanced-softmax", "focal", "class-balanced", "cb-focal")
 EXTRA_STAGE2 = {
@@ -241,7 +240,7 @@ def reproduce(
     *,
     preset: str = "cpu",
     seeds: tuple[int, ...] = (0,),
-    imbalance: float = 100.0,
+    imbalance: float | str = 100.0,
     extras: bool = False,
     data: str | None = None,
     weights: str = "imagenet",
@@ -259,10 +258,10 @@ def reproduce(
     """Run (or resume) the study and write its results and report into ``out``.
 
     Keyword arguments other than the preset override the preset's settings (recorded in
-    ``results.json``); ``overrides`` sets any other ``TrainConfig`` field (tests use it for small
-    internal configurations). A run already under ``out`` is reused or resumed only when it was
-    made with exactly these settings; otherwise nothing is written and the error says what
-    differs (``overwrite`` retrains everything).
+    ``results.json``); ``overrides`` sets any other ``TrainConfig`` field (the command line's data
+    options, and small internal configurations in tests). A run already under ``out`` is reused
+    or resumed only when it was made with exactly these settings; otherwise nothing is written and
+    the error says what differs (``overwrite`` retrains everything).
     """
     if not seeds:
         raise LongtailError("--seeds needs at least one seed")
@@ -283,7 +282,7 @@ def reproduce(
     out = Path(out)
     started = time.perf_counter()
     # Bad data or weights fail here, before anything is written.
-    arrays = load_arrays(data, cache_dir)
+    arrays = load_source(base, cache_dir)
     _, weights_info = build_model(arrays.num_classes, weights)
     plan = _plan(base, tuple(seeds), extras, out)
     if not overwrite:

@@ -192,20 +192,53 @@ class Dataset:
     def train_labels(self) -> np.ndarray:
         return self.arrays.y_train[self.split.train]
 
+    @property
+    def test_images(self) -> np.ndarray:
+        """The test split's images: the source's own, or those held out of its training images."""
+        return self.arrays.x_test if self.split.test is None else self.arrays.x_train[self.split.test]
+
+    @property
+    def test_labels(self) -> np.ndarray:
+        return self.arrays.y_test if self.split.test is None else self.arrays.y_train[self.split.test]
+
+
+def normalisation(pretrained: bool) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """``(mean, std)`` of the model input: ImageNet's for pretrained weights, CIFAR-10's otherwise."""
+    if pretrained:
+        return data_module.IMAGENET_MEAN, data_module.IMAGENET_STD
+    return data_module.CIFAR10_MEAN, data_module.CIFAR10_STD
+
+
+def load_source(config: TrainConfig, cache_dir: Path | None = None) -> Arrays:
+    """The arrays of a run's data source, decoded as its config says (store size, unreadable
+    images) and checked to have a test split or to hold one out (``--test-fraction``)."""
+    return data_module.load_arrays(
+        config.data,
+        cache_dir,
+        store_size=config.store_size,
+        skip_bad_images=config.skip_bad_images,
+        test_fraction=config.test_fraction,
+    )
+
 
 def load_dataset(
     config: TrainConfig, pretrained: bool, cache_dir: Path | None = None, arrays: Arrays | None = None
 ) -> Dataset:
-    """The arrays (loaded unless given), the run's long-tailed split and its input normalisation."""
-    arrays = arrays or data_module.load_arrays(config.data, cache_dir)
+    """The arrays (loaded unless given), the run's split (from its index file) and its input
+    normalisation: what every command sees of a run's data (data, train, evaluate, decouple)."""
+    arrays = arrays or load_source(config, cache_dir)
     split = data_module.long_tail_split(
-        arrays, config.imbalance, config.profile, config.seed, config.val_per_class, config.max_per_class, cache_dir
+        arrays,
+        config.imbalance,
+        config.profile,
+        config.seed,
+        config.val_per_class,
+        config.max_per_class,
+        cache_dir,
+        val_fraction=config.val_fraction,
+        test_fraction=config.test_fraction,
     )
-    if pretrained:
-        mean, std = data_module.IMAGENET_MEAN, data_module.IMAGENET_STD
-    else:
-        mean, std = data_module.CIFAR10_MEAN, data_module.CIFAR10_STD
-    return Dataset(arrays, split, mean, std)
+    return Dataset(arrays, split, *normalisation(pretrained))
 
 
 def process_seed(seed: int, rank: int) -> int:
@@ -277,17 +310,19 @@ def save_evaluation(
     dataset: Dataset,
     figures: bool = True,
     *,
+    grouping: str,
     flip_logits: torch.Tensor | None = None,
     extra: dict | None = None,
 ) -> dict:
-    """Write ``metrics.json`` (and, with ``figures``, the run's figures) from its test logits;
-    ``flip_logits`` (flip TTA) add their own metrics under ``tta_flip``, beside the plain ones;
-    ``extra`` adds keys (such as the test image size)."""
+    """Write ``metrics.json`` (and, with ``figures``, the run's figures) from its test logits,
+    with the stage-1 run's frequency ``grouping`` (its ``--groups``); ``flip_logits`` (flip TTA)
+    add their own metrics under ``tta_flip``, beside the plain ones; ``extra`` adds keys (such as
+    the test image size)."""
     names, counts = dataset.arrays.class_names, dataset.split.train_counts
-    metrics = classification_metrics(y_true, logits.argmax(1).numpy(), names, counts)
+    metrics = classification_metrics(y_true, logits.argmax(1).numpy(), names, counts, grouping)
     metrics.update(extra or {})
     if flip_logits is not None:
-        metrics["tta_flip"] = classification_metrics(y_true, flip_logits.argmax(1).numpy(), names, counts)
+        metrics["tta_flip"] = classification_metrics(y_true, flip_logits.argmax(1).numpy(), names, counts, grouping)
     atomic_write_json(Path(run_dir) / "metrics.json", metrics)
     if figures:
         from longtail.report import write_run_figures
@@ -507,6 +542,8 @@ def _read_checkpoint(path: Path) -> dict | None:
 
 
 def _run_record(config: TrainConfig, info, bn_mode: str, dataset: Dataset, runtime: Runtime) -> dict:
+    """run.json of a run: its settings and where its data and weights came from, with what
+    ``longtail predict`` needs to read new images without the data (class names, store size)."""
     return {
         "kind": "train",
         "status": "running",
@@ -516,6 +553,9 @@ def _run_record(config: TrainConfig, info, bn_mode: str, dataset: Dataset, runti
         "bn_mode": bn_mode,
         "data_source": dataset.arrays.source,
         "data_sha256": dataset.arrays.fingerprint,
+        "data_store_size": list(dataset.arrays.image_shape),  # (height, width) of the stored images
+        "class_names": list(dataset.arrays.class_names),
+        "skipped_images": {"count": len(dataset.arrays.skipped), "paths": list(dataset.arrays.skipped)},
         "index_file": str(dataset.split.index_file),
         "train_counts": dataset.split.train_counts,
         "world_size": runtime.world_size,
@@ -544,7 +584,7 @@ def train(
     seed_everything(config.seed, config.deterministic, runtime.rank)
 
     def load():
-        arrays = data_module.load_arrays(config.data, cache_dir)
+        arrays = load_source(config, cache_dir)
         model, info = build_model(arrays.num_classes, config.weights, cosine_head=uses_cosine_head(config))
         dataset = load_dataset(config, info.pretrained, cache_dir, arrays)
         bn_mode = resolve_bn_mode(config.bn, info)
@@ -647,8 +687,8 @@ def train(
 # ---------------------------------------------------------------- loading finished runs
 
 
-def load_finished_stage1(run_dir: Path, cache_dir: Path | None = None) -> tuple[TrainConfig, Dataset, dict]:
-    """``(config, dataset, run_record)`` of a finished stage-1 run, without building its network."""
+def read_finished_stage1(run_dir: Path) -> tuple[TrainConfig, dict]:
+    """``(config, run_record)`` of a finished stage-1 run, checked; its data is not loaded."""
     run_dir = Path(run_dir)
     if not (run_dir / RUN_FILE).exists():
         raise LongtailError(
@@ -668,13 +708,25 @@ def load_finished_stage1(run_dir: Path, cache_dir: Path | None = None) -> tuple[
             f"{run_dir / RUN_FILE}: not a valid longtail run record ({type(error).__name__}: {error}); "
             "it was edited or damaged: train the run again with --overwrite"
         ) from error
+    return config, run
+
+
+def load_finished_stage1(run_dir: Path, cache_dir: Path | None = None) -> tuple[TrainConfig, Dataset, dict]:
+    """``(config, dataset, run_record)`` of a finished stage-1 run, without building its network."""
+    config, run = read_finished_stage1(run_dir)
     return config, load_dataset(config, run["weights"]["pretrained"], cache_dir), run
 
 
 def load_trained_model(run_dir: Path, runtime: Runtime, cache_dir: Path | None = None):
     """``(model, config, dataset, run_record)`` of a finished stage-1 run, in eval mode."""
     config, dataset, run = load_finished_stage1(run_dir, cache_dir)
-    model, _ = build_model(dataset.arrays.num_classes, "none", cosine_head=uses_cosine_head(config))
+    model = trained_model(run_dir, config, run, dataset.arrays.num_classes, runtime)
+    return model, config, dataset, run
+
+
+def trained_model(run_dir: Path, config: TrainConfig, run: dict, num_classes: int, runtime: Runtime) -> nn.Module:
+    """The network of a finished stage-1 run (``read_finished_stage1``), in eval mode on the runtime's device."""
+    model, _ = build_model(num_classes, "none", cosine_head=uses_cosine_head(config))
     state = _model_state(run_dir, run)
     try:
         model.load_state_dict(state)
@@ -683,8 +735,7 @@ def load_trained_model(run_dir: Path, runtime: Runtime, cache_dir: Path | None =
             f"{Path(run_dir) / 'model.pt'}: not this run's EfficientNet-B0 weights; "
             "train the run again with --overwrite"
         ) from error
-    model = model.to(runtime.device, memory_format=torch.channels_last).eval()
-    return model, config, dataset, run
+    return model.to(runtime.device, memory_format=torch.channels_last).eval()
 
 
 def _model_state(run_dir: Path, run: dict, mmap: bool = False) -> dict:
@@ -753,8 +804,8 @@ def evaluate_run(
     val_features: tuple[int, torch.Tensor] | None = None,
     figures: bool = True,
 ) -> dict:
-    """Evaluate a finished stage-1 run on the full balanced test set at its test size; writes
-    metrics.json (and the figures, with ``figures``).
+    """Evaluate a finished stage-1 run on its test split (the source's test set, or the one held out
+    of its training images) at its test size; writes metrics.json (and the figures, with ``figures``).
 
     The test size is the one run.json records, else the one ``--test-size`` gives (chosen on the
     validation split for ``auto``), then recorded. The logits are the classifier applied to the
@@ -773,12 +824,19 @@ def evaluate_run(
         run.update(test_image_size=size, test_size_grid={str(k): v for k, v in grid.items()})
         atomic_write_json(Path(run_dir) / RUN_FILE, run)
     args = (size, dataset.mean, dataset.std, runtime)
-    x_test = torch.from_numpy(dataset.arrays.x_test)
+    x_test = torch.from_numpy(dataset.test_images)
     test_features, logits = features_and_logits(model, x_test, *args)
     test_flip = extract_features(model, x_test, *args, flip=True) if config.tta == "flip" else None
     store_evaluation_features(run_dir, run.get("model_sha256"), size, test_features, val, test_flip=test_flip)
     flip_logits = apply_head(head_of(model), test_features, test_flip) if test_flip is not None else None
     extra = {"test_image_size": size, "test_size_grid": run["test_size_grid"]}
     return save_evaluation(
-        run_dir, dataset.arrays.y_test, logits, dataset, figures, flip_logits=flip_logits, extra=extra
+        run_dir,
+        dataset.test_labels,
+        logits,
+        dataset,
+        figures,
+        grouping=config.groups,
+        flip_logits=flip_logits,
+        extra=extra,
     )

@@ -1,0 +1,240 @@
+"""`longtail predict`: classify image files with a finished stage-1 run, or with a stage-2 head
+fitted on it (``--head``). ``longtail.predict`` is ``predict`` below, for notebooks.
+
+A new image goes exactly the way the run's own test images went, so an image the run was
+evaluated on gets the prediction the run's evaluation gave it:
+- decoded by ``data.decode_image`` at the run's store size (``data_store_size`` in its run.json):
+  shorter side scaled to S and centre-cropped, as an image folder is stored (a run on an .npz or
+  a CIFAR root has 32 x 32 arrays: new images are brought to 32 x 32 the same way);
+- normalised as the run's inputs (ImageNet statistics for pretrained weights) and resized to the
+  run's test image size (``train.run_test_size``) by ``features.extract_features``, the one
+  batched inference of longtail;
+- the pooled backbone features go through the stage-1 classifier, or the stage-2 head.
+Probabilities are the softmax of the logits (of ``LDAM_SCALE`` times the cosine logits of LDAM's
+cosine head: the scale its loss trains them at). No test-time augmentation: the numbers of the
+run's headline metrics.
+
+Outputs (``write_predictions``), chosen by the file's extension:
+- ``.csv`` (also what goes to stdout without ``--out``): one row per image with the columns
+  ``path, predicted_class, probability, top1_class, top1_probability, ..., topK_class,
+  topK_probability`` (top 1 is the predicted class; probabilities with 6 decimals);
+- ``.json``: ``{"run", "head", "class_names", "store_size", "image_size", "top_k",
+  "predictions": [{"path", "predicted_class", "probability", "top": [{"class", "probability"},
+  ...]}, ...], "unreadable": [{"path", "error"}, ...]}``.
+Files that are not readable images are reported (``Predictions.failed``) and the rest still
+classified; none readable at all is an error.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from longtail import data as data_module
+from longtail.config import DEFAULT_TOP_K, check_prediction_options
+from longtail.decouple import load_head, stage1_of
+from longtail.errors import LongtailError
+from longtail.features import apply_head, extract_features
+from longtail.losses import LDAM_SCALE
+from longtail.models import CosineLinear, head_of
+from longtail.runs import RUN_FILE, atomic_write_bytes, read_json
+from longtail.train import (
+    Runtime,
+    load_dataset,
+    normalisation,
+    read_finished_stage1,
+    run_test_size,
+    trained_model,
+)
+
+CHUNK = 2048  # images decoded and classified at a time: memory stays that many images whatever the folder
+
+
+@dataclass
+class Predictions:
+    """Class probabilities of the images ``predict`` could read, in the order found."""
+
+    paths: list[str]
+    probabilities: np.ndarray  # (N, C), rows sum to 1
+    class_names: tuple[str, ...]
+    failed: list[tuple[str, str]]  # (path, why) of the files that are not readable images
+    top_k: int
+    run: str
+    head: str | None
+    store_size: tuple[int, int]  # (height, width) the images were decoded to
+    image_size: int  # the model's input size (the run's test size)
+
+    def top(self, k: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """``(classes, probabilities)``, each (N, k): the k most probable classes of each image,
+        most probable first (ties: the lower class index)."""
+        k = self.top_k if k is None else k
+        order = np.argsort(-self.probabilities, axis=1, kind="stable")[:, :k]
+        return order, np.take_along_axis(self.probabilities, order, axis=1)
+
+    def records(self) -> list[dict]:
+        """One dict per image: ``path``, ``predicted_class``, ``probability`` and ``top``."""
+        classes, probabilities = self.top()
+        return [
+            {
+                "path": path,
+                "predicted_class": self.class_names[row[0]],
+                "probability": float(chances[0]),
+                "top": [
+                    {"class": self.class_names[c], "probability": float(p)} for c, p in zip(row, chances, strict=True)
+                ],
+            }
+            for path, row, chances in zip(self.paths, classes, probabilities, strict=True)
+        ]
+
+
+def image_paths(paths: Sequence[str | Path]) -> list[Path]:
+    """The files to classify: each file as given, every file under each folder
+    (``data.image_files``: recursively, hidden files left out)."""
+    files = []
+    for path in map(Path, paths):
+        if not path.exists():
+            raise LongtailError(f"{path} does not exist; pass image files or folders of them")
+        found = data_module.image_files(path) if path.is_dir() else [path]
+        if not found:
+            raise LongtailError(f"{path}: no files in this folder; pass image files or folders of them")
+        files += found
+    if not files:
+        raise LongtailError("no image files given; pass image files or folders of them")
+    return files
+
+
+def _stage1_facts(config, record: dict, cache_dir: Path | None) -> tuple[tuple[str, ...], tuple[int, int]]:
+    """``(class names, store size)`` of a finished run: from its run.json, or, for runs recorded
+    before run.json held them, from its data."""
+    if "class_names" in record and "data_store_size" in record:
+        return tuple(record["class_names"]), tuple(record["data_store_size"])
+    arrays = load_dataset(config, record["weights"]["pretrained"], cache_dir).arrays
+    return arrays.class_names, arrays.image_shape
+
+
+def _check_head(head: Path, run: Path, record: dict) -> None:
+    """A stage-2 head classifies the features of the stage-1 model it was fitted on, and no other."""
+    if not (head / RUN_FILE).exists():
+        raise LongtailError(
+            f"--head {head} is not a stage-2 run directory (no {RUN_FILE}); pass a `longtail decouple` --out"
+        )
+    fitted_on = stage1_of(head)
+    if fitted_on.resolve() != run.resolve():
+        raise LongtailError(
+            f"--head {head} was fitted on {fitted_on}, not on {run}: pass that run, or leave --head out"
+        )
+    if read_json(head / RUN_FILE).get("stage1_model_sha256") != record.get("model_sha256"):
+        raise LongtailError(
+            f"--head {head} was fitted on an earlier model of {run} (the run was trained again since): fit it again "
+            "with `longtail decouple ... --overwrite`"
+        )
+
+
+def predict(
+    run: str | Path,
+    paths: Sequence[str | Path],
+    *,
+    head: str | Path | None = None,
+    top_k: int | None = None,
+    cache_dir: Path | None = None,
+    runtime: Runtime | None = None,
+) -> Predictions:
+    """Classify image files (and every file in folders) with the finished stage-1 run ``run``,
+    or with the stage-2 head in the directory ``head`` fitted on it (see the module docstring).
+    ``top_k``: classes listed per image in ``Predictions.records`` and the outputs (default 5, or
+    the number of classes if fewer). ``cache_dir``: where the run's data is cached, needed only
+    for runs recorded before run.json held their class names and store size."""
+    run = Path(run)
+    config, record = read_finished_stage1(run)
+    class_names, (height, width) = _stage1_facts(config, record, cache_dir)
+    if top_k is None:
+        top_k = min(DEFAULT_TOP_K, len(class_names))
+    if not 1 <= top_k <= len(class_names):
+        raise LongtailError(f"--top-k must be between 1 and the run's {len(class_names)} classes, got {top_k}")
+    if head is not None:
+        head = Path(head)
+        _check_head(head, run, record)
+    files = image_paths(paths)
+    runtime = runtime or Runtime.create()
+    model = trained_model(run, config, record, len(class_names), runtime)
+    classifier = load_head(head, len(class_names)) if head is not None else head_of(model)
+    scale = LDAM_SCALE if isinstance(classifier, CosineLinear) else 1.0
+    size, (mean, std) = run_test_size(record, config), normalisation(record["weights"]["pretrained"])
+    read, probabilities, failed = [], [], []
+    for start in range(0, len(files), CHUNK):
+        chunk = files[start : start + CHUNK]
+        label = f"images {start + 1}-{start + len(chunk)} of {len(files)}"
+        images, failures = data_module.decode_images(chunk, height, width, f"decoding {label}")
+        failed += [(str(chunk[position]), why) for position, why in failures]
+        readable = np.ones(len(chunk), bool)
+        readable[[position for position, _ in failures]] = False
+        if not readable.any():
+            continue
+        features = extract_features(
+            model, torch.from_numpy(images[readable]), size, mean, std, runtime, progress=f"classifying {label}"
+        )
+        probabilities.append(torch.softmax(scale * apply_head(classifier, features), dim=1).numpy())
+        read += [str(path) for path, ok in zip(chunk, readable, strict=True) if ok]
+    if not read:
+        raise LongtailError(
+            f"none of the {len(files)} files is a readable image: {data_module.listed([path for path, _ in failed])}"
+        )
+    return Predictions(
+        paths=read,
+        probabilities=np.concatenate(probabilities),
+        class_names=tuple(class_names),
+        failed=failed,
+        top_k=top_k,
+        run=str(run),
+        head=None if head is None else str(head),
+        store_size=(height, width),
+        image_size=size,
+    )
+
+
+def _csv(predictions: Predictions) -> str:
+    header = ["path", "predicted_class", "probability"]
+    for rank in range(1, predictions.top_k + 1):
+        header += [f"top{rank}_class", f"top{rank}_probability"]
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(header)
+    for record in predictions.records():
+        row = [record["path"], record["predicted_class"], f"{record['probability']:.6f}"]
+        for entry in record["top"]:
+            row += [entry["class"], f"{entry['probability']:.6f}"]
+        writer.writerow(row)
+    return buffer.getvalue()
+
+
+def _json(predictions: Predictions) -> str:
+    document = {
+        "run": predictions.run,
+        "head": predictions.head,
+        "class_names": list(predictions.class_names),
+        "store_size": list(predictions.store_size),
+        "image_size": predictions.image_size,
+        "top_k": predictions.top_k,
+        "predictions": predictions.records(),
+        "unreadable": [{"path": path, "error": why} for path, why in predictions.failed],
+    }
+    return json.dumps(document, indent=2) + "\n"
+
+
+def write_predictions(predictions: Predictions, out: Path | None = None) -> None:
+    """Write the predictions as CSV or JSON by ``out``'s extension (atomically), or as CSV on
+    stdout when ``out`` is None."""
+    if out is None:
+        sys.stdout.write(_csv(predictions))
+        return
+    check_prediction_options(out, None)
+    write = {".csv": _csv, ".json": _json}[Path(out).suffix.lower()]
+    atomic_write_bytes(Path(out), write(predictions).encode())
