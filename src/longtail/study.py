@@ -288,17 +288,20 @@ def reproduce(
     if not overwrite:
         check_existing_runs(plan, arrays.fingerprint, weights_info.sha256)
     per_strategy: dict[str, list[dict]] = {}
-    with RunLock(out):
-        for steps in plan:
+    # One lock per seed: seeds can be trained by processes of their own into one --out (e.g.
+    # `--seeds 1` and `--seeds 2` side by side), then reported together by `--seeds 0 1 2`.
+    for seed, steps in zip(seeds, plan, strict=True):
+        with RunLock(out / f"seed{seed}"):
             runs: dict[str, dict] = {}
             for step in steps:
                 if isinstance(step, Stage1Run):
                     runs[step.directory.name] = _run_stage1(step, overwrite, cache_dir)
                 else:
                     runs.update(_run_stage2(step, overwrite, cache_dir))
-            runs = {"baseline": runs.pop("baseline"), "reweight": runs.pop("reweight"), **runs}  # the study's order
-            for name, metrics in runs.items():
-                per_strategy.setdefault(name, []).append(metrics)
+        runs = {"baseline": runs.pop("baseline"), "reweight": runs.pop("reweight"), **runs}  # the study's order
+        for name, metrics in runs.items():
+            per_strategy.setdefault(name, []).append(metrics)
+    with RunLock(out):
         baseline_run = read_json(out / f"seed{seeds[0]}" / "baseline" / RUN_FILE)
         shared = {k: v for k, v in dataclasses.asdict(base).items() if k != "seed"}
         results = {
