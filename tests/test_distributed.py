@@ -351,7 +351,7 @@ def test_torchrun_killed_and_resumed_ends_bit_identical(tmp_path, cifar10_subset
     pipes = dict(stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     crashed, reference = tmp_path / "crashed", tmp_path / "reference"
 
-    # Killed (the whole torchrun process group, SIGKILL) part-way through epoch 2.
+    # Killed (torchrun and its workers, SIGKILL) part-way through epoch 2.
     process = subprocess.Popen(_ddp_train(data, crashed), start_new_session=True, **pipes)
     checkpoint = crashed / runs.CHECKPOINT_FILE
     deadline = time.monotonic() + 600
@@ -360,6 +360,8 @@ def test_torchrun_killed_and_resumed_ends_bit_identical(tmp_path, cifar10_subset
         assert time.monotonic() < deadline
         time.sleep(0.05)
     time.sleep(0.3 * runs.torch_load(checkpoint)["history"][0]["seconds"])
+    # torchrun's agent and both workers: every process with the run directory on its command line.
+    subprocess.run(["pkill", "-KILL", "-f", str(crashed)], check=False)
     os.killpg(process.pid, signal.SIGKILL)
     process.communicate(timeout=60)
     assert not (crashed / "model.pt").exists()
