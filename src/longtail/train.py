@@ -598,9 +598,7 @@ def train(
         labels = torch.from_numpy(dataset.train_labels).to(runtime.device)
         model = model.to(runtime.device, memory_format=torch.channels_last)
         checkpoint_path = out / CHECKPOINT_FILE
-        checkpoint = runtime.on_all(
-            lambda: torch_load(checkpoint_path) if resuming and checkpoint_path.exists() else None
-        )
+        checkpoint = runtime.on_all(lambda: _read_checkpoint(checkpoint_path) if resuming else None)
         if checkpoint is None and bn_mode == "reestimate":
             sample = images[torch.randperm(len(images), generator=epoch_generator(config.seed, 0, 99))[:1024]]
             reestimate_bn_statistics(
