@@ -94,3 +94,26 @@ def test_import_longtail_needs_no_torch_and_predict_is_there():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_study_config_composes_the_preset_with_what_is_given():
+    from longtail.config import PRESETS, study_config
+
+    common = dict(data="d.npz", weights="none", imbalance=100.0)
+    preset = PRESETS["cpu"]
+    plain = study_config("cpu", given={}, **common)
+    assert (plain.image_size, plain.epochs, plain.size_schedule) == (
+        preset.image_size,
+        preset.epochs,
+        preset.size_schedule,
+    )
+    # A schedule given alone sets the epochs and the training size.
+    scheduled = study_config("cpu", given={"size_schedule": "48:2,80:3"}, **common)
+    assert (scheduled.epochs, scheduled.image_size) == (5, 80)
+    # A fixed length or size replaces the preset's schedule.
+    fixed = study_config("cpu", given={"epochs": 3, "image_size": 64}, **common)
+    assert (fixed.epochs, fixed.image_size, fixed.size_schedule) == (3, 64, None)
+    # Overrides may set a field to None (all images of the head class).
+    assert study_config("smoke", given={"max_per_class": None}, **common).max_per_class is None
+    with pytest.raises(LongtailError, match="--preset"):
+        study_config("huge", given={}, **common)

@@ -389,7 +389,7 @@ def study_config(preset: str, *, data, weights: str, imbalance: float | str, giv
         "test_size": chosen.test_size,
         "lr_schedule": chosen.lr_schedule,
     }
-    if "size_schedule" in given and not {"epochs", "image_size"} & given.keys():
+    if given.get("size_schedule") is not None and not {"epochs", "image_size"} & given.keys():
         stages = parse_size_schedule(given["size_schedule"])
         settings.update(epochs=sum(e for _, e in stages), image_size=stages[-1][0])
     elif {"epochs", "image_size"} & given.keys() and "size_schedule" not in given:

@@ -267,7 +267,7 @@ def reproduce(
         raise LongtailError("--seeds needs at least one seed")
     if len(set(seeds)) != len(seeds):
         raise LongtailError(f"--seeds lists a seed twice: {list(seeds)}")
-    given = {
+    named = {
         "epochs": epochs,
         "image_size": image_size,
         "size_schedule": size_schedule,
@@ -275,9 +275,8 @@ def reproduce(
         "lr_schedule": lr_schedule,
         "tta": tta,
         "decay_reading": decay_reading,
-        **(overrides or {}),
     }
-    given = {key: value for key, value in given.items() if value is not None}
+    given = {**{key: value for key, value in named.items() if value is not None}, **(overrides or {})}
     base = study_config(preset, data=data, weights=weights, imbalance=imbalance, given=given)
     out = Path(out)
     started = time.perf_counter()
