@@ -362,6 +362,15 @@ _TTA_NOTE = (
 )
 
 
+def study_title(results: dict) -> str:
+    """The page's title: what was studied (the data's file or folder name and the imbalance)."""
+    config = results.get("config", {})
+    data = Path(str(config.get("data") or "")).name
+    imbalance = config.get("imbalance", config.get("imbalance_factor"))
+    what = " ".join(part for part in (data, f"imbalance {imbalance}" if imbalance is not None else "") if part)
+    return f"Long-tail study: results ({what})" if what else "Long-tail study: results"
+
+
 def run_rows(runs: Mapping[str, dict]) -> list[list[str]]:
     """Rows (``RUN_HEADER``) of every run of a study: its kind, input sizes and what was chosen."""
     rows = []
@@ -388,7 +397,7 @@ def write_results_markdown(results: dict, path) -> None:
     environment at the end."""
     strategies = results["strategies"]
     lines = [
-        "# CIFAR-10-LT long-tail study: results",
+        f"# {study_title(results)}",
         "",
         "![Top-1 and many/medium/few by strategy](figures/summary.png)",
     ]
@@ -487,7 +496,7 @@ def write_report_html(results: dict, out_dir, *, environment: dict, figures: Map
     strategies = results["strategies"]
     if figures is None:
         figures = write_study_figures(results, out_dir)
-    title = "CIFAR-10-LT long-tail study: results"
+    title = study_title(results)
     body = [
         f"<h1>{html.escape(title)}</h1>",
         _html_figure(
