@@ -73,7 +73,7 @@ def test_imbalance_on_the_command_line_is_a_number_or_natural():
         parse_imbalance("lots")
 
 
-def test_a_natural_study_drops_the_presets_head_count():
+def test_a_natural_study_keeps_every_image():
     config = study_config("smoke", data="folder", weights="none", imbalance="natural", given={"test_fraction": 0.2})
     assert config.max_per_class is None and config.imbalance == "natural" and config.test_fraction == 0.2
 

@@ -218,7 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
     reproduce.add_argument(
         "--preset",
         default="cpu",
-        help="seed (the study's recipe, GPU), cpu (fits 60 min on 2 cores) or smoke (a few minutes)",
+        help="seed (the study's recipe, GPU), cpu (fits 60 min on 2 cores) or smoke (a first look in ~5 minutes)",
     )
     _add_data_options(reproduce, seed=False)
     reproduce.add_argument("--seeds", type=int, nargs="+", default=[0])
