@@ -184,14 +184,27 @@ def plot_summary(strategies: Mapping[str, dict], path) -> Path:
     means = [100 * strategies[n]["mean"]["accuracy"] for n in names]
     stds = [100 * strategies[n]["std"]["accuracy"] for n in names]
     top1.barh(y, means, xerr=stds, color="tab:blue", alpha=0.8, capsize=3, label="ours (mean ± std over seeds)")
+    # Our value inside its bar (beside it when the bar is too short to hold it) and the study's
+    # beside its diamond, so the two never overlap.
     for row, mean, std in zip(y, means, stds, strict=True):
-        top1.text(mean + std + 1.5, row, f"{mean:.1f}", va="center", fontsize=8)
+        inside = mean >= 10
+        top1.text(
+            1.5 if inside else mean + std + 1.5,
+            row,
+            f"{mean:.1f}",
+            va="center",
+            fontsize=8,
+            color="white" if inside else "black",
+            fontweight="bold",
+        )
     reported = [
         (row, 100 * STUDY_REPORTED[n]["accuracy"]) for row, n in zip(y, names, strict=True) if n in STUDY_REPORTED
     ]
     if reported:
         rows, values = zip(*reported, strict=True)
         top1.scatter(values, rows, marker="D", color="black", zorder=3, label="the study reported")
+        for row, value in reported:
+            top1.text(value + 2, row, f"{value:.1f}", va="center", fontsize=8)
     top1.set_yticks(y, names)
     top1.set_xlim(0, 105)
     top1.set_xlabel("top-1 accuracy (%)")
