@@ -129,6 +129,24 @@ def test_locked_run_dir_is_refused_and_left_unchanged(npz, cache, tmp_path):
     assert _snapshot(out) == before
 
 
+def test_decouple_and_evaluate_refuse_a_stage1_run_another_process_holds(npz, cache, tmp_path, capsys):
+    """Both may rewrite the stage-1 run's features.pt, so both take its lock (issue 12, item 11)."""
+    run = tmp_path / "run"
+    assert _train(_train_args(npz, run, cache), capsys)[0] == 0
+    head = tmp_path / "head"
+    before = _snapshot(run)
+    env = {**os.environ, "LONGTAIL_CACHE": str(cache)}
+    with runs.RunLock(run):
+        for argv in (["decouple", str(run), "--loss", "ce", "--out", str(head)], ["evaluate", str(run)]):
+            result = subprocess.run(
+                [sys.executable, "-m", "longtail", *argv], capture_output=True, text=True, env=env, timeout=300
+            )
+            assert result.returncode == 2, result.stderr
+            assert "another longtail process" in _error_line(result.stderr)
+    assert _snapshot(run) == before
+    assert not head.exists() or not [p for p in head.rglob("*") if p.is_file() and p.name != ".lock"]
+
+
 def _nan_after(calls_before_nan: int, bad: float, seen_checkpoint: dict):
     """A ``build_loss`` whose losses turn ``bad`` after ``calls_before_nan`` batches; on the first
     bad batch it records the checkpoint's bytes as they are at that moment."""
