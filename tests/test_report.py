@@ -296,3 +296,15 @@ def test_flip_tta_rows_stand_apart_from_the_study_rows(tmp_path):
     plain, tta = markdown.split("## With flip test-time augmentation")
     assert _md_row(plain, "baseline")[2].startswith(report._pct(results["strategies"]["baseline"]["mean"]["accuracy"]))
     assert _md_row(tta, "baseline")[2].startswith("50.00")
+
+
+def test_the_title_names_the_data_and_its_imbalance():
+    assert (
+        report.study_title({"config": {"data": "../shared/data/cifar10.npz", "imbalance": 100.0}})
+        == "Long-tail study: results (cifar10.npz, imbalance factor 100)"
+    )
+    assert (
+        report.study_title({"config": {"data": "/data/defects", "imbalance": "natural"}})
+        == "Long-tail study: results (defects, natural imbalance)"
+    )
+    assert report.study_title({}) == "Long-tail study: results"

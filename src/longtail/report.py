@@ -380,7 +380,11 @@ def study_title(results: dict) -> str:
     config = results.get("config", {})
     data = Path(str(config.get("data") or "")).name
     imbalance = config.get("imbalance", config.get("imbalance_factor"))
-    what = " ".join(part for part in (data, f"imbalance {imbalance}" if imbalance is not None else "") if part)
+    if isinstance(imbalance, int | float):
+        imbalance = f"imbalance factor {imbalance:g}"
+    elif imbalance is not None:
+        imbalance = f"{imbalance} imbalance"  # "natural"
+    what = ", ".join(part for part in (data, imbalance) if part)
     return f"Long-tail study: results ({what})" if what else "Long-tail study: results"
 
 
