@@ -180,6 +180,7 @@ def test_non_finite_loss_stops_with_last_good_checkpoint(npz, cache, tmp_path, c
     assert code == 2
     line = _error_line(err)
     assert f"loss became {bad}" in line and "epoch 2, step 2" in line
+    assert "--overwrite" in line  # resuming refuses a changed --lr, so the advice is to start again
 
     assert checkpoint.read_bytes() == seen["bytes"]  # nothing written after the bad loss
     state = runs.torch_load(checkpoint)
