@@ -271,3 +271,21 @@ def test_cosine_linear_outputs_cosines():
     assert torch.allclose(out, expected, atol=1e-5)
     aligned = head(head.weight.detach() * 7)  # each class weight scores itself with cosine 1
     assert torch.allclose(aligned.diagonal(), torch.ones(5), atol=1e-5)
+
+
+def test_imagenet_weights_record_the_downloaded_files_sha256_and_its_url(tmp_path, monkeypatch):
+    """--weights imagenet: run.json's sha256 is the downloaded file's hash, the URL goes apart."""
+    real_builder = models.efficientnet_b0
+    url = models.EfficientNet_B0_Weights.IMAGENET1K_V1.url
+    downloaded = tmp_path / "checkpoints" / Path(url).name
+
+    def offline_download(weights=None, **kwargs):  # what torchvision does, minus the network
+        downloaded.parent.mkdir(parents=True, exist_ok=True)
+        downloaded.write_bytes(b"the weights torchvision downloaded")
+        return real_builder(**kwargs)
+
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    monkeypatch.setattr(models, "efficientnet_b0", offline_download)
+    _, info = models.build_model(10, "imagenet")
+    assert info.sha256 == hashlib.sha256(b"the weights torchvision downloaded").hexdigest()
+    assert info.url == url and info.url != info.sha256
