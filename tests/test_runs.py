@@ -12,6 +12,8 @@ import hashlib
 import os
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -215,3 +217,16 @@ def test_last_batch_of_one_image_is_skipped_when_batchnorm_trains(npz, cache, tm
     history = runs.read_json(out / runs.RUN_FILE)["history"]
     assert len(history) == 1 and history[0]["epoch"] == 1
     assert torch.load(out / runs.CHECKPOINT_FILE, weights_only=True)["step"] == 1
+
+
+def test_a_waiting_lock_is_taken_when_the_holder_lets_go(tmp_path):
+    """Two seed processes of one study finishing together take turns writing its results."""
+    holder = runs.RunLock(tmp_path).__enter__()
+    with pytest.raises(runs.LongtailError, match="another longtail process"):
+        runs.RunLock(tmp_path).__enter__()
+    release = threading.Timer(0.5, holder.__exit__)
+    release.start()
+    started = time.monotonic()
+    with runs.RunLock(tmp_path, wait=True):
+        assert time.monotonic() - started >= 0.4  # it waited for the holder
+    release.join()

@@ -76,17 +76,20 @@ def read_json(path: Path) -> dict:
 
 
 class RunLock:
-    """An exclusive lock on a run directory, so two processes never write it at once."""
+    """An exclusive lock on a run directory, so two processes never write it at once. Held by
+    another process, it is an error at once, or with ``wait`` (for short steps such as writing a
+    study's results) taken as soon as the other process lets go."""
 
-    def __init__(self, run_dir: Path):
+    def __init__(self, run_dir: Path, *, wait: bool = False):
         self.path = Path(run_dir) / ".lock"
+        self.wait = wait
         self.handle = None
 
     def __enter__(self) -> RunLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.handle = open(self.path, "a")  # never truncated: taking the lock changes no file
         try:
-            fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(self.handle, fcntl.LOCK_EX if self.wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError as error:
             self.handle.close()
             raise LongtailError(

@@ -300,7 +300,9 @@ def reproduce(
         runs = {"baseline": runs.pop("baseline"), "reweight": runs.pop("reweight"), **runs}  # the study's order
         for name, metrics in runs.items():
             per_strategy.setdefault(name, []).append(metrics)
-    with RunLock(out):
+    # The study's own lock only for writing its results (seconds): seed processes that finish
+    # together take turns instead of the later one failing after all its training.
+    with RunLock(out, wait=True):
         baseline_run = read_json(out / f"seed{seeds[0]}" / "baseline" / RUN_FILE)
         shared = {k: v for k, v in dataclasses.asdict(base).items() if k != "seed"}
         results = {
