@@ -83,6 +83,14 @@ def _error_line(stderr: str) -> str:
     return lines[0]
 
 
+def _longtail_process(argv: list[str], cache: Path) -> subprocess.CompletedProcess:
+    """``longtail ARGV`` in a process of its own (a lock this process holds then binds it)."""
+    env = {**os.environ, "LONGTAIL_CACHE": str(cache)}
+    return subprocess.run(
+        [sys.executable, "-m", "longtail", *argv], capture_output=True, text=True, env=env, timeout=300
+    )
+
+
 def _train(argv, capsys) -> tuple[int, str]:
     code = cli.main(argv)
     return code, capsys.readouterr().err
@@ -116,15 +124,8 @@ def test_locked_run_dir_is_refused_and_left_unchanged(npz, cache, tmp_path):
     (out / "run.json").write_text('{"kind": "train", "status": "finished"}\n')
     (out / "model.pt").write_bytes(b"weights of the run being written")
     before = _snapshot(out)
-    env = {**os.environ, "LONGTAIL_CACHE": str(cache)}
     with runs.RunLock(out):
-        result = subprocess.run(
-            [sys.executable, "-m", "longtail", *_train_args(npz, out, cache, "--overwrite")],
-            capture_output=True,
-            text=True,
-            env=env,
-            timeout=300,
-        )
+        result = _longtail_process(_train_args(npz, out, cache, "--overwrite"), cache)
     assert result.returncode == 2, result.stderr
     line = _error_line(result.stderr)
     assert "another longtail process" in line
@@ -137,12 +138,9 @@ def test_decouple_and_evaluate_refuse_a_stage1_run_another_process_holds(npz, ca
     assert _train(_train_args(npz, run, cache), capsys)[0] == 0
     head = tmp_path / "head"
     before = _snapshot(run)
-    env = {**os.environ, "LONGTAIL_CACHE": str(cache)}
     with runs.RunLock(run):
         for argv in (["decouple", str(run), "--loss", "ce", "--out", str(head)], ["evaluate", str(run)]):
-            result = subprocess.run(
-                [sys.executable, "-m", "longtail", *argv], capture_output=True, text=True, env=env, timeout=300
-            )
+            result = _longtail_process(argv, cache)
             assert result.returncode == 2, result.stderr
             assert "another longtail process" in _error_line(result.stderr)
     assert _snapshot(run) == before

@@ -370,7 +370,7 @@ PRESETS = {
     # best validation accuracy we measured: 64 px for 8 epochs, tested at the size validation
     # picks, with one named deviation from the study's recipe: a cosine learning rate (peak 1e-4),
     # because at a constant 1e-4 the final weights' accuracy swings by 3-5 points from one epoch
-    # to the next. Chosen by measurement: RESULTS.md ("Choosing the cpu preset").
+    # to the next. Chosen by measurement: RESULTS.md ("Where the CPU-minutes go").
     "cpu": Preset(
         64,
         8,
