@@ -22,13 +22,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from longtail.artifacts import load_trained_classifier, load_trained_model, run_test_size
 from longtail.config import Stage2Config
 from longtail.decouple import fit_stage2_heads
 from longtail.features import Features, apply_head, extract_features
 from longtail.models import head_of
 from longtail.resolution import size_grid
+from longtail.runtime import Runtime
+from longtail.strategies import class_balanced_beta
 from longtail.study import STUDY_LOSSES, cpu_name
-from longtail.train import Runtime, class_balanced_beta, load_trained_classifier, load_trained_model, run_test_size
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -57,10 +59,10 @@ def main(argv: list[str] | None = None) -> dict:
     head = head_of(model)
     images = {
         "train": torch.from_numpy(dataset.arrays.x_train[dataset.split.train]),
-        "val": torch.from_numpy(dataset.arrays.x_train[dataset.split.val]),
+        "val": torch.from_numpy(dataset.val_images),
         "test": torch.from_numpy(dataset.test_images),
     }
-    y_val, y_test = dataset.arrays.y_train[dataset.split.val], dataset.test_labels
+    y_val, y_test = dataset.val_labels, dataset.test_labels
     stage1_head = load_trained_classifier(args.run, config, dataset.arrays.num_classes)
     configs = [Stage2Config(loss=loss, seed=config.seed) for loss in STUDY_LOSSES]
     rows = {}

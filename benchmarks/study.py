@@ -44,21 +44,18 @@ from unittest import mock
 import torch
 
 from longtail import decouple as decouple_module
+from longtail.artifacts import load_trained_model, run_test_size
+from longtail.config import TrainConfig
+from longtail.data import load_source
 from longtail.decouple import Stage2Config, decouple_many, train_head
+from longtail.evaluation import save_evaluation
 from longtail.features import FEATURES_FILE, extract_features
 from longtail.losses import MODIFIED_CE, build_loss, loss_spec
 from longtail.models import make_head
 from longtail.runs import atomic_torch_save, read_json, torch_load
-from longtail.train import (
-    Runtime,
-    TrainConfig,
-    class_balanced_beta,
-    load_source,
-    load_trained_model,
-    run_test_size,
-    save_evaluation,
-    train,
-)
+from longtail.runtime import Runtime
+from longtail.strategies import class_balanced_beta
+from longtail.train import train
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 DEFAULT_DATA = os.environ.get("LONGTAIL_DATA", str(SHARED / "data" / "cifar10.npz"))

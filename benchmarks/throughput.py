@@ -47,10 +47,14 @@ from PIL import Image
 from torch.utils.data import DataLoader
 from torchvision import transforms
 
+from longtail.checkpoint import TrainingState
+from longtail.config import TrainConfig
+from longtail.data import load_dataset
 from longtail.features import features_and_logits
 from longtail.models import build_model, resolve_bn_mode, set_train_mode
+from longtail.runtime import Runtime
 from longtail.study import cpu_name
-from longtail.train import Runtime, TrainConfig, TrainingState, load_dataset, train_one_epoch
+from longtail.train import train_one_epoch
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 DEFAULT_DATA = os.environ.get("LONGTAIL_DATA", str(SHARED / "data" / "cifar10.npz"))

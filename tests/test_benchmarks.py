@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 import longtail.decouple
-import longtail.train
+import longtail.evaluation
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 # 6 train / 2 test images per class; with --max-per-class 4 --imbalance 2 --val-per-class 1 the
@@ -93,7 +93,7 @@ def test_study_runs_and_reports(real_subset, weights_file, cache_dir, capsys, tm
     # The writing both sides share was timed inside stage 2, and the patch timing it is undone.
     assert result["longtail_stage2_writing_seconds"] < result["longtail_stage2_seconds"]
     assert result["naive_stage2_writing_seconds"] < result["naive_stage2_seconds"]
-    assert longtail.decouple.save_evaluation is longtail.train.save_evaluation
+    assert longtail.decouple.save_evaluation is longtail.evaluation.save_evaluation
     assert result["stage1_runs"] == {"longtail": 2, "naive": 7}
     assert len(result["longtail_stage2_seconds_each_repeat"]) == 3
     assert result["longtail_stage2_seconds"] in result["longtail_stage2_seconds_each_repeat"]

@@ -25,11 +25,13 @@ from longtail.errors import LongtailError
 NEW_FIELDS = ("store_size", "skip_bad_images", "val_fraction", "test_fraction", "groups")
 
 
-def test_a_record_from_before_the_data_settings_equals_todays_defaults():
+def test_a_record_lacking_settings_differs_from_every_request_and_is_not_read():
     record = {k: v for k, v in dataclasses.asdict(TrainConfig()).items() if k not in NEW_FIELDS}
-    assert config_differences(record, TrainConfig()) == {}
-    assert from_record(TrainConfig, record) == TrainConfig()
-    assert set(NEW_FIELDS) <= TrainConfig.ADDED_LATER.keys()
+    defaults = dataclasses.asdict(TrainConfig())
+    assert config_differences(record, TrainConfig()) == {name: (None, defaults[name]) for name in NEW_FIELDS}
+    with pytest.raises(LongtailError, match="lack groups, skip_bad_images, store_size, test_fraction, val_fraction"):
+        from_record(TrainConfig, record)
+    assert from_record(TrainConfig, dataclasses.asdict(TrainConfig())) == TrainConfig()
 
 
 @pytest.mark.parametrize(
@@ -102,15 +104,16 @@ def test_study_config_composes_the_preset_with_what_is_given():
     common = dict(data="d.npz", weights="none", imbalance=100.0)
     preset = PRESETS["cpu"]
     plain = study_config("cpu", given={}, **common)
-    assert (plain.image_size, plain.epochs, plain.size_schedule) == (
+    assert (plain.image_size, plain.epochs, plain.lr_schedule, plain.size_schedule) == (
         preset.image_size,
         preset.epochs,
-        preset.size_schedule,
+        preset.lr_schedule,
+        None,
     )
     # A schedule given alone sets the epochs and the training size.
     scheduled = study_config("cpu", given={"size_schedule": "48:2,80:3"}, **common)
     assert (scheduled.epochs, scheduled.image_size) == (5, 80)
-    # A fixed length or size replaces the preset's schedule.
+    # A fixed length and size, without a schedule.
     fixed = study_config("cpu", given={"epochs": 3, "image_size": 64}, **common)
     assert (fixed.epochs, fixed.image_size, fixed.size_schedule) == (3, 64, None)
     # Overrides may set a field to None (all images of the head class).

@@ -19,12 +19,12 @@ from torch import nn
 
 from longtail import data as data_module
 from longtail import decouple
-from longtail.data import Arrays, Split
+from longtail.data import Arrays, Dataset, Split
 from longtail.errors import LongtailError
 from longtail.features import Features, extract_features
 from longtail.losses import build_loss
 from longtail.models import FEATURE_DIM, build_model, pooled_features
-from longtail.train import Dataset, Runtime
+from longtail.runtime import Runtime
 
 WEIGHTS = Path(__file__).resolve().parents[1].parent / "shared" / "weights" / "efficientnet_b0_imagenet_tfhub.pth"
 
@@ -228,7 +228,7 @@ def test_modified_ce_tunes_tau_over_the_trained_grid_and_records_it():
     assert chosen["loss"] == "logit-adjusted"
     scores = chosen["val_accuracy_by_tau"]
     assert list(scores) == list(decouple.TAU_GRID_TRAINED)
-    val_labels = dataset.arrays.y_train[dataset.split.val]
+    val_labels = dataset.val_labels
     best = max(scores, key=lambda tau: (scores[tau], -abs(tau - 1.0)))
     assert chosen["tau"] == best
     assert (_logits(head, features.val).argmax(1).numpy() == val_labels).mean() == scores[best]
@@ -280,7 +280,7 @@ def test_heads_fitted_together_equal_heads_fitted_one_by_one():
 def test_class_balanced_beta_comes_from_the_stage1_decay_value_under_the_cb_beta_reading():
     from longtail.config import TrainConfig
     from longtail.losses import class_balanced_weights
-    from longtail.train import _loss_for_epoch, class_balanced_beta
+    from longtail.strategies import class_balanced_beta, epoch_loss
 
     # --decay-value is the Class-Balanced beta under cb-beta (the default reading), and only there.
     assert class_balanced_beta(TrainConfig(decay_value=0.99)) == 0.99
@@ -297,6 +297,6 @@ def test_class_balanced_beta_comes_from_the_stage1_decay_value_under_the_cb_beta
     counts = [50, 10, 2]
     config = TrainConfig(strategy="ldam-drw", decay_value=0.9, epochs=10)
     logits, targets = torch.randn(6, 3), torch.tensor([0, 1, 2, 0, 1, 2])
-    reweighted = _loss_for_epoch(config, counts, epoch=9)
+    reweighted = epoch_loss(config, counts, epoch=9)
     expected = build_loss("ldam", counts, weights=class_balanced_weights(counts, 0.9))
     torch.testing.assert_close(reweighted(logits, targets), expected(logits, targets))

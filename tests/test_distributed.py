@@ -29,8 +29,11 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from longtail.data import Arrays, Split
-from longtail.train import Dataset, Runtime, TrainConfig, TrainingState, train_one_epoch
+from longtail.checkpoint import TrainingState
+from longtail.config import TrainConfig
+from longtail.data import Arrays, Dataset, Split
+from longtail.runtime import Runtime
+from longtail.train import train_one_epoch
 
 GLOBAL_BATCH = 16
 
@@ -267,7 +270,7 @@ def test_torchrun_two_processes_match_one(tmp_path, lt_subset, weights_file, cac
 
 
 def test_every_rank_has_its_own_random_stream_and_rank_0_keeps_the_seed():
-    from longtail.train import process_seed
+    from longtail.runtime import process_seed
 
     assert process_seed(7, 0) == 7  # one process draws what it always drew
     seeds = {process_seed(7, rank) for rank in range(8)}
@@ -277,7 +280,7 @@ def test_every_rank_has_its_own_random_stream_and_rank_0_keeps_the_seed():
 
 def test_batch_size_the_world_size_does_not_divide_is_refused():
     from longtail.errors import LongtailError
-    from longtail.train import check_distributed
+    from longtail.runtime import check_distributed
 
     cpu = torch.device("cpu")
     check_distributed(TrainConfig(batch_size=128), "frozen", Runtime(cpu, 0, 2))
@@ -289,21 +292,22 @@ def test_batch_size_the_world_size_does_not_divide_is_refused():
 
 
 def test_resume_on_a_machine_with_fewer_gpus_restores_its_own_device_only(monkeypatch):
-    from longtail import train as train_module
+    from longtail import checkpoint
 
     restored = []
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
     monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, device="cuda": restored.append(state))
-    state = train_module.rng_state()
+    state = checkpoint.rng_state()
     # Written where 4 GPUs were visible (one state per device, the old format), resumed with 1.
     state["cuda"] = [torch.full((8,), i, dtype=torch.uint8) for i in range(4)]
-    train_module.restore_rng_state(state)
+    checkpoint.restore_rng_state(state)
     assert len(restored) == 1 and torch.equal(restored[0], state["cuda"][0])
 
 
 def test_a_rank_the_checkpoint_has_no_state_for_is_seeded_afresh():
-    from longtail.train import process_seed, restore_process_rng, rng_state
+    from longtail.checkpoint import restore_process_rng, rng_state
+    from longtail.runtime import process_seed
 
     torch.manual_seed(123)
     saved = [rng_state()]  # written by one process
@@ -388,7 +392,7 @@ def test_torchrun_killed_and_resumed_ends_bit_identical(tmp_path, cifar10_subset
 
 FAILING_RANK_DRIVER = """
 import sys
-from longtail import data as data_module
+from longtail.data import dataset as dataset_module
 from longtail.cli import main
 from longtail.errors import LongtailError
 import os
@@ -396,7 +400,7 @@ import os
 if os.environ.get("RANK") == "1":
     def unreadable(*args, **kwargs):
         raise LongtailError("simulated unreadable data on rank 1")
-    data_module.load_arrays = unreadable
+    dataset_module.load_arrays = unreadable
 sys.exit(main(sys.argv[1:]))
 """
 

@@ -9,6 +9,8 @@ import pytest
 import torch
 
 from longtail import features as features_module
+from longtail.config import TrainConfig
+from longtail.data import load_dataset
 from longtail.features import (
     FEATURES_FILE,
     apply_head,
@@ -20,7 +22,7 @@ from longtail.features import (
 )
 from longtail.models import FEATURE_DIM, build_model, head_of
 from longtail.runs import torch_load
-from longtail.train import Runtime, TrainConfig, load_dataset
+from longtail.runtime import Runtime
 
 RUNTIME = Runtime(torch.device("cpu"))
 SIZE = 32  # the pretend run's test image size
@@ -92,7 +94,7 @@ def test_stage2_reuses_the_stored_test_features(stage1, extraction_sizes):
 
 def test_stored_validation_features_leave_only_the_train_set_to_extract(stage1, extraction_sizes):
     run_dir, model, config, dataset = stage1
-    val = extract_features(model, torch.from_numpy(dataset.arrays.x_train[dataset.split.val]), *_args(config, dataset))
+    val = extract_features(model, torch.from_numpy(dataset.val_images), *_args(config, dataset))
     store_evaluation_features(run_dir, "sha-a", SIZE, _test_features(stage1), val)
     extraction_sizes.clear()
     found = load_or_extract_features(run_dir, "sha-a", lambda: model, dataset, 0, 0, RUNTIME, SIZE)

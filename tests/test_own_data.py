@@ -24,7 +24,7 @@ import torch
 from PIL import Image
 
 from longtail import cli, data, runs
-from longtail.decouple import load_head
+from longtail.artifacts import load_head
 from longtail.features import apply_head
 from longtail.models import head_from_state_dict
 

@@ -20,7 +20,7 @@ from longtail.config import TrainConfig
 from longtail.errors import LongtailError
 from longtail.models import build_model
 from longtail.prediction import Predictions, image_paths, predict, write_predictions
-from longtail.train import Runtime
+from longtail.runtime import Runtime
 
 NAMES = ("cat", "dog", "eel")
 

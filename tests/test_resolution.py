@@ -11,12 +11,15 @@ import numpy as np
 import pytest
 import torch
 
-from longtail import data as data_module
 from longtail import runs
+from longtail.artifacts import load_trained_model
 from longtail.config import TrainConfig
+from longtail.data import dataset as dataset_module
+from longtail.evaluation import evaluate_run
 from longtail.features import FEATURES_FILE, features_and_logits
 from longtail.resolution import choose_size, resolve_test_size, size_grid
-from longtail.train import Runtime, evaluate_run, load_trained_model, train
+from longtail.runtime import Runtime
+from longtail.train import train
 
 
 def test_grid_runs_from_the_training_size_to_one_and_three_quarters_in_16px_steps():
@@ -62,8 +65,8 @@ def test_the_choice_is_the_best_validation_accuracy_of_the_grid(finished_run):
     record = runs.read_json(run_dir / runs.RUN_FILE)
     runtime = Runtime(torch.device("cpu"))
     model, config, dataset, _ = load_trained_model(run_dir, runtime, cache)
-    val_images = torch.from_numpy(dataset.arrays.x_train[dataset.split.val])
-    val_labels = dataset.arrays.y_train[dataset.split.val]
+    val_images = torch.from_numpy(dataset.val_images)
+    val_labels = dataset.val_labels
     expected = {}
     for size in size_grid(config.image_size):
         _, logits = features_and_logits(
@@ -85,7 +88,7 @@ def test_test_images_and_labels_cannot_move_the_choice(finished_run, monkeypatch
     choice = {k: record[k] for k in ("test_image_size", "test_size_grid")}
     accuracy = json.loads((run_dir / "metrics.json").read_text())["accuracy"]
 
-    real_load = data_module.load_arrays
+    real_load = dataset_module.load_arrays
 
     def scrambled(*args, **kwargs):  # the same training data, other test images and labels
         arrays = real_load(*args, **kwargs)
@@ -96,7 +99,7 @@ def test_test_images_and_labels_cannot_move_the_choice(finished_run, monkeypatch
             y_test=rng.permutation(arrays.y_test),
         )
 
-    monkeypatch.setattr(data_module, "load_arrays", scrambled)
+    monkeypatch.setattr(dataset_module, "load_arrays", scrambled)
     copy = tmp_path / "run"
     import shutil
 

@@ -20,8 +20,7 @@ import numpy as np
 import pytest
 import torch
 
-from longtail import cli, runs
-from longtail import train as train_module
+from longtail import cli, runs, strategies
 from longtail.losses import build_loss as real_build_loss
 
 STEPS_PER_EPOCH = 3  # train counts 8, 5, 4 (imbalance 2, head 8) in batches of 6, 6, 5
@@ -175,7 +174,7 @@ def test_non_finite_loss_stops_with_last_good_checkpoint(npz, cache, tmp_path, c
     checkpoint = out / runs.CHECKPOINT_FILE
     seen = {"path": checkpoint}
     # Epoch 1 runs normally; the second batch of epoch 2 gives a non-finite loss.
-    monkeypatch.setattr(train_module, "build_loss", _nan_after(STEPS_PER_EPOCH + 1, bad, seen))
+    monkeypatch.setattr(strategies, "build_loss", _nan_after(STEPS_PER_EPOCH + 1, bad, seen))
     code, err = _train(_train_args(npz, out, cache, epochs=3), capsys)
     assert code == 2
     line = _error_line(err)
@@ -197,7 +196,7 @@ def test_non_finite_loss_stops_with_last_good_checkpoint(npz, cache, tmp_path, c
         assert "unfinished run" in line and "--resume" in line and "--overwrite" in line
         assert _snapshot(out) == before
 
-        monkeypatch.setattr(train_module, "build_loss", real_build_loss)
+        monkeypatch.setattr(strategies, "build_loss", real_build_loss)
         code, _ = _train(_train_args(npz, out, cache, "--resume", epochs=2), capsys)
         assert code == 0
         run = runs.read_json(out / runs.RUN_FILE)

@@ -20,8 +20,9 @@ import pytest
 import torch
 
 from longtail import runs
+from longtail.artifacts import load_trained_model
 from longtail.features import extract_features
-from longtail.train import Runtime, load_trained_model
+from longtail.runtime import Runtime
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 CIFAR10 = SHARED / "data" / "cifar10.npz"
@@ -114,7 +115,7 @@ def test_stage1_caches_the_test_and_validation_features_of_its_final_weights(sta
     assert cached["test"].shape == (10_000, 1280) and cached["val"].shape == (100, 1280)
     runtime = Runtime(torch.device("cpu"))
     model, config, dataset, _ = load_trained_model(stage1, runtime, workspace / "cache")
-    val_images = torch.from_numpy(dataset.arrays.x_train[dataset.split.val])
+    val_images = torch.from_numpy(dataset.val_images)
     again = extract_features(model, val_images, config.image_size, dataset.mean, dataset.std, runtime)
     torch.testing.assert_close(cached["val"], again, atol=1e-5, rtol=1e-5)
 

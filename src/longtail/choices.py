@@ -1,7 +1,7 @@
 """The named choices of stage 1 (strategies, readings of "weight decay 0.9999", BatchNorm modes).
 
 Kept free of torch so the command line can build its parser, answer ``--help`` and reject a bad
-argument at once; ``longtail.train`` and ``longtail.models`` give the names their meaning.
+argument at once; ``longtail.strategies``, ``longtail.models`` and the other modules give the names their meaning.
 """
 
 from __future__ import annotations
@@ -16,11 +16,11 @@ DECAY_READINGS = {
 }
 DEFAULT_DECAY_READING = "cb-beta"
 
-# End-to-end strategies: (loss, sampler).
+# End-to-end strategies (``longtail.strategies`` gives each its loss and sampler).
 STRATEGIES = {
-    "baseline": ("ce", "instance"),
-    "reweight": ("ce", "class-balanced"),  # the study's Reweight: WeightedRandomSampler
-    "ldam-drw": ("ldam", "instance"),  # Cao et al. 2019, class-balanced weights after drw_start
+    "baseline": "cross-entropy, every image once per epoch (the study's baseline)",
+    "reweight": "cross-entropy, classes drawn with equal probability (the study's Reweight: WeightedRandomSampler)",
+    "ldam-drw": "LDAM loss with deferred class-balanced re-weighting (Cao et al. 2019)",
 }
 
 # BatchNorm handling in stage 1:

@@ -265,9 +265,8 @@ def _command_data(args) -> None:
     config.validate()
     import numpy as np
 
-    from longtail.data import listed
+    from longtail.data import listed, load_dataset
     from longtail.metrics import frequency_groups
-    from longtail.train import load_dataset
 
     dataset = load_dataset(config, pretrained=False, cache_dir=args.cache_dir)
     arrays, split = dataset.arrays, dataset.split
@@ -425,7 +424,7 @@ def _command_evaluate(args) -> None:
     if isinstance(record, dict) and record.get("kind") == "decouple":
         from longtail.decouple import evaluate_decoupled as evaluate
     else:
-        from longtail.train import evaluate_run as evaluate
+        from longtail.evaluation import evaluate_run as evaluate
     with RunLock(args.run):
         metrics = evaluate(args.run, cache_dir=args.cache_dir)
     _print_summary(metrics, args.run)

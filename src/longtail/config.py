@@ -13,7 +13,6 @@ import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
 
 from longtail.choices import (
     BN_MODES,
@@ -137,19 +136,6 @@ class TrainConfig:
     test_fraction: float | None = None  # test share of each class held out of a source without a test split
     groups: str = "thirds"  # frequency groups of the metrics: thirds or shots (longtail.metrics)
 
-    # Fields added after runs were recorded without them, with the value those runs imply.
-    ADDED_LATER: ClassVar[dict] = {
-        "size_schedule": None,
-        "lr_schedule": "constant",
-        "test_size": "train",
-        "tta": "none",
-        "store_size": None,
-        "skip_bad_images": False,
-        "val_fraction": None,
-        "test_fraction": None,
-        "groups": "thirds",
-    }
-
     def validate(self) -> None:
         """Check every value; the error names the option and says what it accepts."""
         check_choice("strategy", self.strategy, STRATEGIES)
@@ -270,8 +256,6 @@ class Stage2Config:
     beta: float | None = None  # None: the stage-1 run's --decay-value under the cb-beta reading, else 0.9999
     seed: int = 0
 
-    ADDED_LATER: ClassVar[dict] = {}  # every field was recorded from the start
-
     def validate(self) -> None:
         check_choice("method", self.method, STAGE2_METHODS)
         check_choice("loss", self.loss, STAGE2_LOSSES)
@@ -316,27 +300,24 @@ def check_prediction_options(out: Path | None, top_k: int | None) -> None:
 # ---------------------------------------------------------------- comparing recorded settings
 
 
-def recorded_settings(cls, record: dict) -> dict:
-    """A recorded config (``run.json``'s ``config``) with the fields it predates filled in with
-    what they were then (``cls.ADDED_LATER``); a field neither recorded nor added later is
-    absent, and so differs from any request."""
-    return {**cls.ADDED_LATER, **record}
-
-
 def from_record(cls, record: dict):
-    """The config dataclass ``cls`` of a recorded run."""
-    return cls(**recorded_settings(cls, record))
+    """The config dataclass ``cls`` of a recorded run (``run.json``'s ``config``), which must name
+    every field: a record that lacks one was not written by this version."""
+    missing = sorted({f.name for f in dataclasses.fields(cls)} - set(record))
+    if missing:
+        raise LongtailError(f"the recorded settings lack {', '.join(missing)}")
+    return cls(**record)
 
 
 def config_differences(stored: dict, current) -> dict[str, tuple]:
     """``{field: (recorded, requested)}`` for every setting of ``current`` (a config dataclass)
-    that the record ``stored`` (its ``asdict``) does not match."""
-    recorded = recorded_settings(type(current), stored)
+    that the record ``stored`` (its ``asdict``) does not match; a field it lacks differs from any
+    request (recorded as None)."""
     missing = object()
     return {
-        name: (None if recorded.get(name, missing) is missing else recorded[name], value)
+        name: (None if stored.get(name, missing) is missing else stored[name], value)
         for name, value in dataclasses.asdict(current).items()
-        if recorded.get(name, missing) != value
+        if stored.get(name, missing) != value
     }
 
 
@@ -353,10 +334,7 @@ class Preset:
 
     image_size: int
     epochs: int
-    max_per_class: int | None
     reason: str
-    size_schedule: str | None = None
-    test_size: int | str = "auto"
     lr_schedule: str = "constant"
 
 
@@ -364,7 +342,7 @@ PRESETS = {
     # The study's recipe: pretrained B0 at 224 px, 30 epochs, constant lr; the test size is the
     # training size unless validation says otherwise. About 25 min per epoch on 2 CPU cores, so it
     # is meant for a GPU.
-    "seed": Preset(224, 30, None, "the study's recipe: 224 px, 30 epochs (GPU)"),
+    "seed": Preset(224, 30, "the study's recipe: 224 px, 30 epochs (GPU)"),
     # The configuration whose whole study (baseline + Reweight stage-1 runs, features, all
     # stage-2 heads, evaluation) fits 60 minutes on the slower of our 2-core machines with the
     # best validation accuracy we measured: 64 px for 8 epochs, tested at the size validation
@@ -374,36 +352,26 @@ PRESETS = {
     "cpu": Preset(
         64,
         8,
-        None,
         "64 px, 8 epochs, cosine lr (a named deviation), test size chosen on validation: fits 60 min on 2 CPU cores",
         lr_schedule="cosine",
     ),
     # A first look in about five minutes: the whole long-tailed training set for one epoch at
     # 32 px, the test size chosen on validation. Chosen by measurement (RESULTS.md, "The smoke
     # preset"): 200 images in the head class taught nothing (10% top-1), 2,500 stayed under 30%.
-    "smoke": Preset(32, 1, None, "the full long-tailed set, 1 epoch at 32 px: the study's pattern in ~5 minutes"),
+    "smoke": Preset(32, 1, "the full long-tailed set, 1 epoch at 32 px: the study's pattern in ~5 minutes"),
 }
 
 
 def study_config(preset: str, *, data, weights: str, imbalance: float | str, given: dict) -> TrainConfig:
     """The stage-1 settings shared by every run of a study: the preset's, with ``given`` (any
     ``TrainConfig`` field) overriding them. A --size-schedule given alone sets the epochs and the
-    image size; an --epochs or --image-size given without one replaces the preset's schedule."""
+    image size."""
     check_choice("preset", preset, PRESETS)
     chosen = PRESETS[preset]
-    settings = {
-        "image_size": chosen.image_size,
-        "epochs": chosen.epochs,
-        "max_per_class": chosen.max_per_class,
-        "size_schedule": chosen.size_schedule,
-        "test_size": chosen.test_size,
-        "lr_schedule": chosen.lr_schedule,
-    }
+    settings = {"image_size": chosen.image_size, "epochs": chosen.epochs, "lr_schedule": chosen.lr_schedule}
     if given.get("size_schedule") is not None and not {"epochs", "image_size"} & given.keys():
         stages = parse_size_schedule(given["size_schedule"])
         settings.update(epochs=sum(e for _, e in stages), image_size=stages[-1][0])
-    elif {"epochs", "image_size"} & given.keys() and "size_schedule" not in given:
-        settings["size_schedule"] = None
     unknown = sorted(set(given) - {f.name for f in dataclasses.fields(TrainConfig)})
     if unknown:
         raise LongtailError(f"unknown study settings {unknown}")

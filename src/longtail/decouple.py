@@ -36,8 +36,18 @@ import torch.nn.functional as F
 from torch import nn
 
 from longtail import data as data_module
+from longtail.artifacts import (
+    load_finished_stage1,
+    load_head,
+    load_trained_classifier,
+    load_trained_model,
+    run_test_size,
+    stage1_of,
+)
 from longtail.config import Stage2Config, TrainConfig
+from longtail.data import Dataset
 from longtail.errors import LongtailError
+from longtail.evaluation import save_evaluation
 from longtail.features import Features, apply_head, load_or_extract_features
 from longtail.losses import MODIFIED_CE, build_loss, loss_spec
 from longtail.models import make_head
@@ -48,21 +58,10 @@ from longtail.runs import (
     atomic_write_json,
     check_run_dir,
     prepare_run_dir,
-    read_json,
-    torch_load,
 )
+from longtail.runtime import Runtime
 from longtail.samplers import epoch_generator, epoch_order
-from longtail.train import (
-    Dataset,
-    Runtime,
-    class_balanced_beta,
-    load_finished_stage1,
-    load_trained_classifier,
-    load_trained_model,
-    run_test_size,
-    save_evaluation,
-    uses_cosine_head,
-)
+from longtail.strategies import class_balanced_beta, uses_cosine_head
 
 __all__ = ["Stage2Config", "decouple", "decouple_many", "evaluate_decoupled"]  # Stage2Config: longtail.config
 
@@ -432,29 +431,6 @@ def decouple(
     return decouple_many(stage1_dir, {Path(out): config}, overwrite=overwrite, cache_dir=cache_dir, figures=figures)[
         Path(out)
     ]
-
-
-def load_head(run_dir: Path, num_classes: int) -> nn.Module:
-    """The classifier of a finished stage-2 run (``head.pt``), in eval mode."""
-    path = Path(run_dir) / "head.pt"
-    stored = torch_load(path)
-    try:
-        head = make_head(num_classes, bool(stored["cosine"]))
-        head.load_state_dict(stored["state_dict"])
-    except (KeyError, TypeError, RuntimeError) as error:
-        raise LongtailError(
-            f"{path}: not a {num_classes}-class longtail stage-2 head; "
-            "fit it again with `longtail decouple ... --overwrite`"
-        ) from error
-    return head.eval()
-
-
-def stage1_of(run_dir: Path) -> Path:
-    """The stage-1 run directory a stage-2 run was fitted on (from its run.json)."""
-    record = read_json(Path(run_dir) / RUN_FILE)
-    if not isinstance(record, dict) or record.get("kind") != "decouple" or not isinstance(record.get("stage1"), str):
-        raise LongtailError(f"{Path(run_dir) / RUN_FILE}: not the record of a `longtail decouple` run")
-    return Path(record["stage1"])
 
 
 def evaluate_decoupled(run_dir: Path, cache_dir: Path | None = None, figures: bool = True) -> dict:

@@ -38,8 +38,9 @@ from longtail.models import FEATURE_DIM, head_of, pooled_features
 from longtail.runs import atomic_torch_save, torch_load
 from longtail.samplers import epoch_generator
 
-if TYPE_CHECKING:  # only for annotations: longtail.train imports this module
-    from longtail.train import Dataset, Runtime
+if TYPE_CHECKING:  # only for annotations
+    from longtail.data import Dataset
+    from longtail.runtime import Runtime
 
 FEATURES_FILE = "features.pt"
 INFERENCE_BATCH_SIZE = 256
@@ -117,10 +118,11 @@ def extract_features(
 @torch.inference_mode()
 def apply_head(head: nn.Module, features: torch.Tensor, flipped: torch.Tensor | None = None) -> torch.Tensor:
     """Logits of a classifier head on pooled features, in float32 with autocast off; with the
-    features of the mirrored images (``flipped``), the mean of the two logits (flip TTA)."""
+    features of the mirrored images (``flipped``), the mean of the two logits (flip TTA). The head
+    runs in the mode it is in: longtail's heads (linear, cosine) have no layer that the mode changes."""
     device = next(head.parameters(), torch.empty(0)).device
     with torch.autocast(device.type, enabled=False):
-        logits = head.eval()(features.to(device).float()).float().cpu()
+        logits = head(features.to(device).float()).float().cpu()
         if flipped is not None:
             logits = (logits + head(flipped.to(device).float()).float().cpu()) / 2
     return logits
@@ -226,7 +228,7 @@ def load_or_extract_features(
         label = f"train features at {image_size} px" + (f", view {view}" if view else "")
         train_views.append(extract_features(model, train_images, *args, generator=generator, progress=label))
     parts["train"] = torch.stack(train_views)
-    images = {"val": arrays.x_train[split.val], "test": dataset.test_images}
+    images = {"val": dataset.val_images, "test": dataset.test_images}
     for key in [key for key in needed if key not in parts]:
         name = key.removesuffix("_flip")
         label = f"{name} features at {image_size} px" + (", mirrored" if key.endswith("_flip") else "")

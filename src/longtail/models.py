@@ -127,7 +127,8 @@ def is_bn_folded(model: nn.Module, atol: float = 1e-6) -> bool:
 def build_model(
     num_classes: int, weights: str = "imagenet", cosine_head: bool = False
 ) -> tuple[nn.Module, WeightsInfo]:
-    """EfficientNet-B0 with a ``num_classes``-way head, starting from ``weights``."""
+    """EfficientNet-B0 with a ``num_classes``-way head, starting from ``weights``, as a
+    ``Float32HeadEfficientNet`` (``with_float32_head``)."""
     if weights == "none":
         model = efficientnet_b0(num_classes=num_classes)
         info = WeightsInfo("none", None, pretrained=False, bn_folded=False)
@@ -155,8 +156,7 @@ def build_model(
         info = WeightsInfo(str(path), digest, pretrained=True, bn_folded=is_bn_folded(model))
     if cosine_head:
         model.classifier[1] = make_head(num_classes, cosine=True)
-    model.__class__ = Float32HeadEfficientNet  # a subclass adding no state: only the forward changes
-    return model, info
+    return with_float32_head(model), info
 
 
 def resolve_bn_mode(mode: str, info: WeightsInfo) -> str:
@@ -237,6 +237,14 @@ class Float32HeadEfficientNet(EfficientNet):
         pooled = pooled_features(self, x)
         with torch.autocast(pooled.device.type, enabled=False):
             return self.classifier(pooled)
+
+
+def with_float32_head(model: EfficientNet) -> Float32HeadEfficientNet:
+    """``model`` itself, its class changed in place to ``Float32HeadEfficientNet`` (a subclass with
+    no state of its own: only ``forward`` differs). torchvision's builders and weight loading make
+    an ``EfficientNet``; re-classing the built network keeps them instead of rebuilding it."""
+    model.__class__ = Float32HeadEfficientNet
+    return model
 
 
 def head_of(model: nn.Module) -> nn.Module:

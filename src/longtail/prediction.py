@@ -39,21 +39,15 @@ import numpy as np
 import torch
 
 from longtail import data as data_module
+from longtail.artifacts import load_head, read_finished_stage1, run_test_size, stage1_of, trained_model
 from longtail.config import DEFAULT_TOP_K, check_prediction_options
-from longtail.decouple import load_head, stage1_of
+from longtail.data import load_dataset, normalisation
 from longtail.errors import LongtailError
 from longtail.features import apply_head, extract_features
 from longtail.losses import LDAM_SCALE
 from longtail.models import CosineLinear, head_of
 from longtail.runs import RUN_FILE, atomic_write_bytes, read_json
-from longtail.train import (
-    Runtime,
-    load_dataset,
-    normalisation,
-    read_finished_stage1,
-    run_test_size,
-    trained_model,
-)
+from longtail.runtime import Runtime
 
 CHUNK = 2048  # images decoded and classified at a time: memory stays that many images whatever the folder
 

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from longtail.artifacts import run_test_size
 from longtail.config import (
     PRESETS,
     Stage2Config,
@@ -29,13 +30,14 @@ from longtail.config import (
     from_record,
     study_config,
 )
+from longtail.data import load_source
 from longtail.decouple import decouple_many
 from longtail.errors import LongtailError
 from longtail.metrics import aggregate_seeds
 from longtail.models import build_model
 from longtail.report import render_study
 from longtail.runs import RUN_FILE, RunLock, atomic_write_json, read_json, run_status
-from longtail.train import load_source, run_test_size, train
+from longtail.train import train
 
 STUDY_LOSSES = ("modified-ce", "balanced-softmax", "focal", "class-balanced", "cb-focal")
 EXTRA_STAGE2 = {

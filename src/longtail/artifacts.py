@@ -1,0 +1,128 @@
+"""Finished runs as the commands after training read them: a stage-1 run's record, data, network
+and classifier, and a stage-2 head, each checked (``model.pt`` against the sha256 its run.json
+recorded) before use. What ``decouple``, ``evaluate``, ``predict`` and ``reproduce`` load.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from longtail.config import TrainConfig, from_record
+from longtail.data import sha256_file
+from longtail.data.dataset import Dataset, load_dataset
+from longtail.errors import LongtailError
+from longtail.models import build_model, head_from_state_dict, make_head
+from longtail.runs import RUN_FILE, read_json, torch_load
+from longtail.runtime import Runtime
+from longtail.strategies import uses_cosine_head
+
+
+def read_finished_stage1(run_dir: Path) -> tuple[TrainConfig, dict]:
+    """``(config, run_record)`` of a finished stage-1 run, checked; its data is not loaded."""
+    run_dir = Path(run_dir)
+    if not (run_dir / RUN_FILE).exists():
+        raise LongtailError(
+            f"{run_dir} is not a longtail run directory (no {RUN_FILE}); pass the --out of a `longtail train` run"
+        )
+    run = read_json(run_dir / RUN_FILE)
+    if not isinstance(run, dict) or run.get("kind") != "train":
+        raise LongtailError(f"{run_dir} is not a stage-1 (`longtail train`) run ({run_dir / RUN_FILE} says otherwise)")
+    if run.get("status") != "finished":
+        raise LongtailError(f"{run_dir} has not finished training; resume it with `longtail train ... --resume`")
+    try:
+        config = from_record(TrainConfig, run["config"])
+        config.validate()
+        run["weights"]["pretrained"]
+    except (KeyError, TypeError, LongtailError) as error:
+        raise LongtailError(
+            f"{run_dir / RUN_FILE}: not a valid longtail run record ({type(error).__name__}: {error}); "
+            "it was edited or damaged: train the run again with --overwrite"
+        ) from error
+    return config, run
+
+
+def load_finished_stage1(run_dir: Path, cache_dir: Path | None = None) -> tuple[TrainConfig, Dataset, dict]:
+    """``(config, dataset, run_record)`` of a finished stage-1 run, without building its network."""
+    config, run = read_finished_stage1(run_dir)
+    return config, load_dataset(config, run["weights"]["pretrained"], cache_dir), run
+
+
+def load_trained_model(run_dir: Path, runtime: Runtime, cache_dir: Path | None = None):
+    """``(model, config, dataset, run_record)`` of a finished stage-1 run, in eval mode."""
+    config, dataset, run = load_finished_stage1(run_dir, cache_dir)
+    model = trained_model(run_dir, config, run, dataset.arrays.num_classes, runtime)
+    return model, config, dataset, run
+
+
+def trained_model(run_dir: Path, config: TrainConfig, run: dict, num_classes: int, runtime: Runtime) -> nn.Module:
+    """The network of a finished stage-1 run (``read_finished_stage1``), in eval mode on the runtime's device."""
+    model, _ = build_model(num_classes, "none", cosine_head=uses_cosine_head(config))
+    state = _model_state(run_dir, run)
+    try:
+        model.load_state_dict(state)
+    except (RuntimeError, TypeError) as error:
+        raise LongtailError(
+            f"{Path(run_dir) / 'model.pt'}: not this run's EfficientNet-B0 weights; "
+            "train the run again with --overwrite"
+        ) from error
+    return model.to(runtime.device, memory_format=torch.channels_last).eval()
+
+
+def _model_state(run_dir: Path, run: dict, mmap: bool = False) -> dict:
+    """``model.pt`` of a finished run, checked against the sha256 its run.json recorded."""
+    path = Path(run_dir) / "model.pt"
+    if not path.exists():
+        raise LongtailError(f"{path} does not exist; train the run again with --overwrite")
+    recorded = run.get("model_sha256")
+    if recorded is not None and sha256_file(path) != recorded:
+        raise LongtailError(
+            f"{path}: its sha256 is not the one {Path(run_dir) / RUN_FILE} recorded (the file was replaced or "
+            "damaged); train the run again with --overwrite"
+        )
+    state = torch_load(path, mmap=mmap)
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise LongtailError(f"{path}: not a state dict of tensors; train the run again with --overwrite")
+    return state
+
+
+def load_trained_classifier(run_dir: Path, config: TrainConfig, num_classes: int) -> nn.Module:
+    """The classifier of a finished stage-1 run alone (from ``model.pt``, the network not built)."""
+    state = _model_state(run_dir, read_json(Path(run_dir) / RUN_FILE), mmap=True)
+    try:
+        return head_from_state_dict(state, num_classes, uses_cosine_head(config))
+    except (RuntimeError, KeyError) as error:
+        raise LongtailError(
+            f"{Path(run_dir) / 'model.pt'}: has no {num_classes}-way classifier; train the run again with --overwrite"
+        ) from error
+
+
+def run_test_size(run: dict, config: TrainConfig) -> int:
+    """The input size of a finished run's test metrics and stage-2 features (its training size
+    for runs evaluated before the size was chosen on validation)."""
+    return int(run.get("test_image_size", config.image_size))
+
+
+def load_head(run_dir: Path, num_classes: int) -> nn.Module:
+    """The classifier of a finished stage-2 run (``head.pt``), in eval mode."""
+    path = Path(run_dir) / "head.pt"
+    stored = torch_load(path)
+    try:
+        head = make_head(num_classes, bool(stored["cosine"]))
+        head.load_state_dict(stored["state_dict"])
+    except (KeyError, TypeError, RuntimeError) as error:
+        raise LongtailError(
+            f"{path}: not a {num_classes}-class longtail stage-2 head; "
+            "fit it again with `longtail decouple ... --overwrite`"
+        ) from error
+    return head.eval()
+
+
+def stage1_of(run_dir: Path) -> Path:
+    """The stage-1 run directory a stage-2 run was fitted on (from its run.json)."""
+    record = read_json(Path(run_dir) / RUN_FILE)
+    if not isinstance(record, dict) or record.get("kind") != "decouple" or not isinstance(record.get("stage1"), str):
+        raise LongtailError(f"{Path(run_dir) / RUN_FILE}: not the record of a `longtail decouple` run")
+    return Path(record["stage1"])
