@@ -231,11 +231,12 @@ def test_ldam_matches_hand_computed():
     _close(losses.ldam(cosines, _y(), COUNTS, scale=scale, max_margin=0.5), sum(expected) / 2, rel=1e-6)
 
 
-def test_ldam_with_drw_weights_is_weighted_mean():
+def test_ldam_with_drw_weights_is_the_weighted_mean_of_cao_et_als_code():
+    """sum_i w_{y_i} L_i / sum_i w_{y_i}, as F.cross_entropy(..., weight=w) in the paper's code."""
     weights = losses.class_balanced_weights(COUNTS, 0.99)
     w = weights.tolist()
     per_sample = _hand_ldam_per_sample(COUNTS, 30.0, 0.5)
-    expected = sum(w[y] * loss for y, loss in zip(TARGETS, per_sample, strict=True)) / 2
+    expected = sum(w[y] * loss for y, loss in zip(TARGETS, per_sample, strict=True)) / sum(w[y] for y in TARGETS)
     cosines = torch.tensor(COSINES, dtype=torch.float64)
     _close(losses.ldam(cosines, _y(), COUNTS, weights=weights), expected, rel=1e-6)
 

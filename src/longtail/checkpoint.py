@@ -88,9 +88,13 @@ def checkpoint_dict(state: TrainingState, config: TrainConfig, rng_states: list[
 
 def check_resumable(stored: dict, config: TrainConfig, run_dir: Path) -> None:
     """A run resumes only with the settings it started with; more --epochs extend a run whose
-    epochs shape nothing else (a constant learning rate and no size schedule)."""
+    epochs shape nothing else (a constant learning rate, no size schedule and no deferred
+    re-weighting, whose start is a fraction of the epochs)."""
     differing = config_differences(stored, config)
-    if config.lr_schedule == "constant" and config.size_schedule is None:
+    shaped_by_epochs = (
+        config.lr_schedule != "constant" or config.size_schedule is not None or strategy_of(config).deferred_reweighting
+    )
+    if not shaped_by_epochs:
         differing.pop("epochs", None)
     if differing:
         raise LongtailError(

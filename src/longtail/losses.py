@@ -160,12 +160,13 @@ def ldam(
     with ``Delta_c ∝ n_c ** (-1/4)``, the largest being ``max_margin``.
 
     ``z`` are cosine logits in [-1, 1] (a ``CosineLinear`` head), as in the paper's code;
-    ``s`` = 30. ``weights`` (per class) gives the deferred re-weighting (DRW) form ``w_y * L``.
+    ``s`` = 30. ``weights`` (per class) gives the deferred re-weighting (DRW) form, reduced as
+    the paper's code reduces it (``F.cross_entropy(..., weight=w)``): the batch's weighted mean
+    ``sum_i w_{y_i} L_i / sum_i w_{y_i}``, not divided by the batch size.
     """
     margins = ldam_margins(class_counts, max_margin).to(logits)
     shifted = logits - F.one_hot(targets, logits.shape[1]).to(logits) * margins[None, :]
-    per_sample = F.cross_entropy(scale * shifted, targets, reduction="none")
-    return _weighted_mean(per_sample, targets, weights)
+    return F.cross_entropy(scale * shifted, targets, weight=None if weights is None else weights.to(logits))
 
 
 # ---------------------------------------------------------------- registry

@@ -70,17 +70,20 @@ def steps_per_epoch(total: int, config: TrainConfig, bn_mode: str, world_size: i
 
 
 def lr_factor(config: TrainConfig, steps_in_epoch: int) -> Callable[[int], float]:
-    """The learning rate at optimizer step ``step`` as a fraction of --lr. ``constant``: 1 (the
-    study). ``cosine`` (a named deviation): linear warm-up over the first epoch's steps, then half
-    a cosine from 1 down to 0 at the last step."""
+    """The learning rate at optimizer step ``step`` (0-based, of ``T`` in the run) as a fraction of
+    --lr. ``constant``: 1 (the study). ``cosine`` (a named deviation): a linear warm-up over the
+    first ``W = min(steps_in_epoch, (T - 1) // 2)`` steps (one epoch, or the first half of a run of
+    one epoch), then half a cosine from 1 at step ``W`` down to exactly 0 at the last step, ``T - 1``:
+    ``0.5 * (1 + cos(pi * (step - W) / (T - 1 - W)))``. A run of a single step takes it at the peak."""
     if config.lr_schedule == "constant":
         return lambda step: 1.0
-    warmup, total = steps_in_epoch, steps_in_epoch * config.epochs
+    total = steps_in_epoch * config.epochs
+    warmup = min(steps_in_epoch, (total - 1) // 2)
 
     def cosine(step: int) -> float:
         if step < warmup:
             return (step + 1) / warmup
-        return 0.5 * (1.0 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+        return 0.5 * (1.0 + math.cos(math.pi * (step - warmup) / max(1, total - 1 - warmup)))
 
     return cosine
 

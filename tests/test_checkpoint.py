@@ -1,0 +1,33 @@
+"""longtail.checkpoint: a run resumes only with settings it can honour."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from longtail.checkpoint import check_resumable
+from longtail.config import TrainConfig
+from longtail.errors import LongtailError
+
+
+def _resume(started: TrainConfig, **now) -> None:
+    check_resumable(dataclasses.asdict(started), dataclasses.replace(started, **now), Path("run"))
+
+
+def test_more_epochs_extend_a_run_whose_epochs_shape_nothing_else():
+    _resume(TrainConfig(epochs=4), epochs=6)  # constant lr, no schedule, no re-weighting: allowed
+
+
+@pytest.mark.parametrize(
+    "started",
+    [
+        TrainConfig(epochs=4, lr_schedule="cosine"),
+        TrainConfig(epochs=4, image_size=64, size_schedule="32:2,64:2"),
+        TrainConfig(epochs=4, strategy="ldam-drw"),  # its DRW start is int(drw_start * epochs)
+    ],
+)
+def test_more_epochs_are_refused_where_they_would_move_the_schedule_or_the_drw_start(started):
+    with pytest.raises(LongtailError, match="epochs: recorded 4, requested 6"):
+        _resume(started, epochs=6, **({"size_schedule": "32:3,64:3"} if started.size_schedule else {}))
