@@ -169,6 +169,12 @@ def _add_train_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bn", default="auto", help=f"BatchNorm handling: {', '.join(BN_MODES)}")
     parser.add_argument("--strategy", default="baseline", help=f"one of {', '.join(STRATEGIES)}")
     parser.add_argument("--no-augment", dest="augment", action="store_false", help="no crop/flip augmentation")
+    parser.add_argument(
+        "--freeze-blocks",
+        type=int,
+        default=0,
+        help="keep EfficientNet-B0's features[0:K] fixed at their loaded weights (0-8; default 0: full fine-tuning)",
+    )
     parser.add_argument("--deterministic", action="store_true", help="bit-for-bit repeatable (slower)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model")
@@ -231,6 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
     reproduce.add_argument("--test-size", type=parse_test_size, help="override the preset's test size")
     reproduce.add_argument("--lr-schedule", help="override the preset's learning-rate schedule")
     reproduce.add_argument("--tta", help="none or flip: flip adds rows of its own, beside the study's")
+    reproduce.add_argument("--freeze-blocks", type=int, help="override the preset's frozen blocks of B0 (0-8)")
     reproduce.add_argument("--out", type=Path, required=True)
     reproduce.add_argument(
         "--overwrite", action="store_true", help="retrain every run under --out (whatever settings they had)"
@@ -337,6 +344,7 @@ def _train_config(args) -> TrainConfig:
         lr_schedule=args.lr_schedule,
         test_size=args.test_size,
         tta=args.tta,
+        freeze_blocks=args.freeze_blocks,
     )
     config.validate()
     return config
@@ -381,6 +389,7 @@ def _command_reproduce(args) -> None:
         lr_schedule=args.lr_schedule,
         tta=args.tta,
         decay_reading=args.decay_reading,
+        freeze_blocks=args.freeze_blocks,
     )
     given = {**{key: value for key, value in settings.items() if value is not None}, **data_settings}
     study_config(args.preset, data=args.data, weights=args.weights, imbalance=imbalance, given=given)

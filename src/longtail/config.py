@@ -33,6 +33,9 @@ from longtail.errors import LongtailError
 MIN_IMAGE_SIZE = 32  # the CIFAR images' own size; EfficientNet-B0's stride is 32
 MAX_IMAGE_SIZE = 1024
 MAX_SEED = 2**32 - 1  # numpy's seeds are 32-bit
+# --freeze-blocks: EfficientNet-B0's features[0:K] can be kept fixed, K up to 8 (the stem and the seven
+# MBConv stages; features[8], the last 1x1 convolution, and the classifier always train).
+MAX_FREEZE_BLOCKS = 8
 # Stored size of decoded image folders (``--store-size``): down to 16 px (smaller than the model's
 # input, which upsamples), up to the largest input size.
 MIN_STORE_SIZE, MAX_STORE_SIZE = 16, MAX_IMAGE_SIZE
@@ -135,6 +138,9 @@ class TrainConfig:
     val_fraction: float | None = None  # validation share of each class, instead of val_per_class
     test_fraction: float | None = None  # test share of each class held out of a source without a test split
     groups: str = "thirds"  # frequency groups of the metrics: thirds or shots (longtail.metrics)
+    # B0's features[0:K] keep their ImageNet weights (no gradient, no optimizer state, eval mode): a
+    # named deviation from the study's full fine-tuning that buys a larger input for the same time.
+    freeze_blocks: int = 0
 
     def validate(self) -> None:
         """Check every value; the error names the option and says what it accepts."""
@@ -157,6 +163,12 @@ class TrainConfig:
         else:  # a weight-decay coefficient
             check_float("decay_value", self.decay_value, 0.0)
         check_float("drw_start", self.drw_start, 0.0, 1.0)
+        check_int("freeze_blocks", self.freeze_blocks, 0, MAX_FREEZE_BLOCKS)
+        if self.freeze_blocks and self.bn == "reestimate":
+            raise LongtailError(
+                f"--bn reestimate re-estimates the BatchNorm statistics of the {self.freeze_blocks} blocks "
+                "--freeze-blocks keeps fixed: use --bn frozen (or train), or leave --freeze-blocks out"
+            )
         if self.size_schedule is not None:
             stages = parse_size_schedule(self.size_schedule)
             total = sum(epochs for _, epochs in stages)
@@ -336,6 +348,7 @@ class Preset:
     epochs: int
     reason: str
     lr_schedule: str = "constant"
+    freeze_blocks: int = 0
 
 
 PRESETS = {
@@ -368,7 +381,12 @@ def study_config(preset: str, *, data, weights: str, imbalance: float | str, giv
     image size."""
     check_choice("preset", preset, PRESETS)
     chosen = PRESETS[preset]
-    settings = {"image_size": chosen.image_size, "epochs": chosen.epochs, "lr_schedule": chosen.lr_schedule}
+    settings = {
+        "image_size": chosen.image_size,
+        "epochs": chosen.epochs,
+        "lr_schedule": chosen.lr_schedule,
+        "freeze_blocks": chosen.freeze_blocks,
+    }
     if given.get("size_schedule") is not None and not {"epochs", "image_size"} & given.keys():
         stages = parse_size_schedule(given["size_schedule"])
         settings.update(epochs=sum(e for _, e in stages), image_size=stages[-1][0])

@@ -210,13 +210,28 @@ def reestimate_bn_statistics(model: nn.Module, inputs: Iterable[torch.Tensor]) -
         m.bias.copy_(shift + scale * mean)
 
 
-def set_train_mode(model: nn.Module, bn_mode: str) -> None:
-    """``model.train()``, except that BatchNorm stays in eval mode when ``bn_mode`` is "frozen"."""
+def freeze_blocks(model: nn.Module, count: int) -> None:
+    """``features[0:count]`` of B0 keep their weights exactly: no gradient, so autograd does not
+    run through them and an optimizer given the trainable parameters holds no state for them
+    (``set_train_mode`` keeps them in eval mode: BatchNorm statistics and stochastic depth fixed)."""
+    for parameter in model.features[:count].parameters():
+        parameter.requires_grad_(False)
+
+
+def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:
+    return [parameter for parameter in model.parameters() if parameter.requires_grad]
+
+
+def set_train_mode(model: nn.Module, bn_mode: str, frozen_blocks: int = 0) -> None:
+    """``model.train()``, except that BatchNorm stays in eval mode when ``bn_mode`` is "frozen",
+    and the first ``frozen_blocks`` blocks of B0's features (``freeze_blocks``) stay in eval mode
+    whole. ``model`` may be wrapped (DDP, ``torch.compile``)."""
     model.train()
-    if bn_mode == "frozen":
-        for module in model.modules():
-            if isinstance(module, nn.BatchNorm2d):
-                module.eval()
+    for module in model.modules():
+        if bn_mode == "frozen" and isinstance(module, nn.BatchNorm2d):
+            module.eval()
+        if frozen_blocks and isinstance(module, EfficientNet):
+            module.features[:frozen_blocks].eval()
 
 
 def pooled_features(model: nn.Module, x: torch.Tensor) -> torch.Tensor:

@@ -253,6 +253,7 @@ def reproduce(
     test_size: int | str | None = None,
     lr_schedule: str | None = None,
     tta: str | None = None,
+    freeze_blocks: int | None = None,
     overwrite: bool = False,
     cache_dir: Path | None = None,
     overrides: dict | None = None,
@@ -277,6 +278,7 @@ def reproduce(
         "lr_schedule": lr_schedule,
         "tta": tta,
         "decay_reading": decay_reading,
+        "freeze_blocks": freeze_blocks,
     }
     given = {**{key: value for key, value in named.items() if value is not None}, **(overrides or {})}
     base = study_config(preset, data=data, weights=weights, imbalance=imbalance, given=given)

@@ -29,7 +29,14 @@ from longtail.data import Dataset, batches, load_dataset, load_source, random_cr
 from longtail.errors import LongtailError
 from longtail.evaluation import evaluate_run
 from longtail.features import features_and_logits
-from longtail.models import build_model, reestimate_bn_statistics, resolve_bn_mode, set_train_mode
+from longtail.models import (
+    build_model,
+    freeze_blocks,
+    reestimate_bn_statistics,
+    resolve_bn_mode,
+    set_train_mode,
+    trainable_parameters,
+)
 from longtail.runs import (
     CHECKPOINT_FILE,
     RUN_FILE,
@@ -136,7 +143,7 @@ def train_one_epoch(
         steps = min(steps, max_steps)
     order = order[: steps * per_rank_batch]
     image_size = config.epoch_size(state.epoch)
-    set_train_mode(train_model, bn_mode)
+    set_train_mode(train_model, bn_mode, config.freeze_blocks)
     started = time.perf_counter()
     seen = correct = 0
     loss_sum = 0.0
@@ -230,7 +237,7 @@ def _reestimate_bn(model: nn.Module, images: torch.Tensor, config: TrainConfig, 
 
 def _training_state(model: nn.Module, config: TrainConfig, steps_in_epoch: int) -> TrainingState:
     """A fresh optimizer, learning-rate schedule and (``--decay-reading ema``) weight average."""
-    optimizer = _make_optimizer(config, model.parameters())
+    optimizer = _make_optimizer(config, trainable_parameters(model))
     factor = lr_factor(config, steps_in_epoch)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor) if config.lr_schedule != "constant" else None
     ema = None
@@ -322,6 +329,7 @@ def train(
             _reestimate_bn(model, images, config, dataset)
         if runtime.world_size > 1 and bn_mode != "frozen":
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # on a GPU (check_distributed)
+        freeze_blocks(model, config.freeze_blocks)
         state = _training_state(model, config, steps_per_epoch(len(labels), config, bn_mode, runtime.world_size))
         if checkpoint is not None:
             runtime.on_all(lambda: restore_checkpoint(state, checkpoint, config, runtime, out))
