@@ -263,21 +263,13 @@ def build_parser() -> argparse.ArgumentParser:
 def _command_data(args) -> None:
     config = TrainConfig(data=args.data, seed=args.seed, **_data_settings(args))
     config.validate()
-    import numpy as np
-
     from longtail.data import listed
-    from longtail.metrics import frequency_groups
+    from longtail.summary import split_summary
     from longtail.train import load_dataset
 
     dataset = load_dataset(config, pretrained=False, cache_dir=args.cache_dir)
     arrays, split = dataset.arrays, dataset.split
-    counts = {
-        "val": np.bincount(arrays.y_train[split.val], minlength=arrays.num_classes),
-        "test": np.bincount(dataset.test_labels, minlength=arrays.num_classes),
-    }
-    group_of = {
-        c: group for group, members in frequency_groups(split.train_counts, config.groups).items() for c in members
-    }
+    summary = split_summary(dataset, config.groups)
     height, width = arrays.image_shape
     print(f"source: {arrays.source} (sha256 {arrays.fingerprint[:16]}...), images stored at {height}x{width} px")
     if arrays.skipped:
@@ -288,24 +280,27 @@ def _command_data(args) -> None:
         else f"profile {config.profile}, imbalance {config.imbalance:g}"
     )
     print(f"{shape}, seed {config.seed}, index file {split.index_file}")
-    name_width = max(5, *(len(n) for n in arrays.class_names))
+    name_width = max(5, *(len(row["name"]) for row in summary["classes"]))
     print(f"{'':>3} {'class':<{name_width}} {'profile':>8} {'train':>8} {'val':>6} {'test':>6}  {config.groups} group")
-    for c, name in enumerate(arrays.class_names):
+    for row in summary["classes"]:
         print(
-            f"{c:>3} {name:<{name_width}} {split.profile_counts[c]:>8} {split.train_counts[c]:>8} "
-            f"{counts['val'][c]:>6} {counts['test'][c]:>6}  {group_of[c]}"
+            f"{row['class']:>3} {row['name']:<{name_width}} {row['profile']:>8} {row['train']:>8} "
+            f"{row['val']:>6} {row['test']:>6}  {row['group']}"
         )
+    total = summary["total"]
     print(
-        f"{'':>3} {'total':<{name_width}} {sum(split.profile_counts):>8} {sum(split.train_counts):>8} "
-        f"{len(split.val):>6} {len(dataset.test_labels):>6}"
+        f"{'':>3} {'total':<{name_width}} {total['profile']:>8} {total['train']:>8} "
+        f"{total['val']:>6} {total['test']:>6}"
     )
-    most, fewest = max(split.train_counts), min(split.train_counts)
-    print(f"imbalance factor of the training counts: {most / fewest:.1f} ({most} / {fewest})")
+    print(
+        f"imbalance factor of the training counts: {summary['imbalance_factor']:.1f} "
+        f"({summary['most']} / {summary['fewest']})"
+    )
     if split.test is None:
-        print(f"test: {len(dataset.test_labels)} images, the source's own test split")
+        print(f"test: {total['test']} images, the source's own test split")
     else:
         print(
-            f"test: {len(dataset.test_labels)} images held out of the training images "
+            f"test: {total['test']} images held out of the training images "
             f"(--test-fraction {config.test_fraction:g}, stratified, the same for every run on this data)"
         )
 
