@@ -2,11 +2,11 @@
 long-tail profiles, frequency groupings, samplers, losses, stage-2 methods, schedules, TTA modes
 and devices.
 
-The one place each name set is spelled. Kept free of torch so the command line can build its
-parser (argparse ``choices``), answer ``--help`` and reject a bad argument at once; the modules
-that give the names their meaning (``longtail.train``, ``longtail.models``, ``longtail.losses``,
-``longtail.samplers``, ``longtail.metrics``, ...) import them from here, and tests/test_names.py
-checks that every registry and the command line agree with them.
+The one definition of each name set. Kept free of torch so the command line can build its parser
+(argparse ``choices``), answer ``--help`` and reject a bad argument at once. The modules that give
+the names their meaning (``longtail.train``, ``longtail.models``, ``longtail.losses``,
+``longtail.samplers``, ``longtail.metrics``, ...) import them from here or key their registries by
+them; tests/test_cli_options.py checks that every registry and the command line agree with them.
 """
 
 from __future__ import annotations

@@ -386,7 +386,7 @@ PRESETS = {
 }
 
 # What `longtail reproduce` runs when --preset and --seeds are not given (``longtail.study.reproduce``'s
-# defaults; tests/test_names.py checks the two agree).
+# defaults; tests/test_cli_options.py checks the two agree).
 DEFAULT_PRESET = "cpu"
 DEFAULT_SEEDS = (0,)
 

@@ -3,9 +3,9 @@
 Every loss takes ``logits`` (B, C), integer ``targets`` (B,) and returns the mean over the
 batch. Losses that need the training class counts ``n_c`` receive them explicitly. The
 registry at the bottom (``LOSSES``, ``build_loss``) builds them by the names of
-``longtail.choices.LOSS_NAMES`` (the torch-free list the command line offers; tests/test_names.py
-checks the two agree); the command line, the configuration files and the Python API all use
-these names.
+``longtail.choices.LOSS_NAMES``, the torch-free list the command line offers (the tests check
+the two agree); the command line, the configuration files and the Python API all use these
+names.
 
 Conventions
 - ``pi_c = n_c / sum(n)`` is the training class prior.

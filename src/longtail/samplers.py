@@ -46,7 +46,7 @@ def _class_balanced_order(labels: Sequence[int], generator: torch.Generator) -> 
     return torch.tensor(list(weighted), dtype=torch.long)
 
 
-# The samplers by name: the names are ``longtail.choices.SAMPLERS`` (tests/test_names.py checks).
+# The samplers by name: the names are ``longtail.choices.SAMPLERS`` (tests/test_cli_options.py checks).
 ORDERS = {"instance": _instance_order, "class-balanced": _class_balanced_order}
 
 
