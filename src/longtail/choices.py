@@ -1,7 +1,12 @@
-"""The named choices of stage 1 (strategies, readings of "weight decay 0.9999", BatchNorm modes).
+"""Every named choice of longtail: strategies, readings of "weight decay 0.9999", BatchNorm modes,
+long-tail profiles, frequency groupings, samplers, losses, stage-2 methods, schedules, TTA modes
+and devices.
 
-Kept free of torch so the command line can build its parser, answer ``--help`` and reject a bad
-argument at once; ``longtail.strategies``, ``longtail.models`` and the other modules give the names their meaning.
+The one definition of each name set. Kept free of torch so the command line can build its parser
+(argparse ``choices``), answer ``--help`` and reject a bad argument at once. The modules that give
+the names their meaning (``longtail.strategies``, ``longtail.models``, ``longtail.losses``,
+``longtail.samplers``, ``longtail.metrics``, ...) import them from here or key their registries by
+them; tests/test_cli_options.py checks that every registry and the command line agree with them.
 """
 
 from __future__ import annotations
@@ -69,3 +74,6 @@ LR_SCHEDULES = ("constant", "cosine")
 # Test-time augmentation: "flip" averages the logits of each image and its mirror, reported
 # beside (never instead of) the plain numbers.
 TTA_MODES = ("none", "flip")
+
+# Where stage 1 runs: "auto" is CUDA when available, else the CPU.
+DEVICES = ("auto", "cpu", "cuda")

@@ -1,21 +1,25 @@
 """Command line: argument parsing only; every command calls the library.
 
-Every bad value ends in one line on stderr (``longtail: error: ...``) and exit code 2.
+Every bad value ends in one line on stderr (``longtail: error: ...``) and exit code 2. An option
+not given is not passed on: the configuration dataclasses (``longtail.config``) hold every
+default, and the help texts show them from there.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
 from longtail.choices import (
     BN_MODES,
     DECAY_READINGS,
-    DEFAULT_DECAY_READING,
+    DEVICES,
     GROUPINGS,
     LR_SCHEDULES,
     NATURAL_IMBALANCE,
+    PROFILES,
     SAMPLERS,
     STAGE2_LOSSES,
     STAGE2_METHODS,
@@ -23,7 +27,12 @@ from longtail.choices import (
     TTA_MODES,
 )
 from longtail.config import (
+    DEFAULT_PRESET,
+    DEFAULT_SEEDS,
+    DEFAULT_TOP_K,
+    MAX_FREEZE_BLOCKS,
     MAX_SEED,
+    PRESETS,
     Stage2Config,
     TrainConfig,
     check_int,
@@ -35,6 +44,12 @@ from longtail.config import (
 )
 from longtail.errors import LongtailError
 
+DESCRIPTION = (
+    "Long-tailed image classification with EfficientNet-B0 (CIFAR-10-LT, or your own images): see how a data "
+    "set splits into a long tail, train a network on it end to end, fit new classifiers on its frozen features, "
+    "run the whole study with a report, and classify new images with a finished run."
+)
+
 
 class _Parser(argparse.ArgumentParser):
     """argparse, but errors are one line and name the command's --help."""
@@ -43,6 +58,27 @@ class _Parser(argparse.ArgumentParser):
         raise LongtailError(f"{message} (see `{self.prog} --help`)")
 
 
+def _shown(value) -> str:
+    """A default as the help texts show it: 0.0001, 100, 0.9999, auto."""
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _default(cls, name: str) -> str:
+    """``"default VALUE"`` of the field ``name`` of the dataclass ``cls``: where the help texts
+    take every default they state, so that they cannot drift from the configuration."""
+    return f"default {_shown(getattr(cls, name))}"
+
+
+def _given(args, names) -> dict:
+    """The options among ``names`` that were given (an option not given is None)."""
+    return {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
+
+
+def _fields(cls) -> tuple[str, ...]:
+    return tuple(field.name for field in dataclasses.fields(cls))
+
+
+# What --strategy's names mean (``longtail.choices.STRATEGIES``: their loss and sampler).
 # The TrainConfig fields the data options set; an option not given leaves the config's default.
 DATA_FIELDS = (
     "imbalance",
@@ -54,6 +90,17 @@ DATA_FIELDS = (
     "store_size",
     "skip_bad_images",
     "groups",
+)
+# The study-wide TrainConfig fields `longtail reproduce` overrides (the preset's, or the config's).
+STUDY_FIELDS = (
+    "epochs",
+    "image_size",
+    "size_schedule",
+    "test_size",
+    "lr_schedule",
+    "tta",
+    "decay_reading",
+    "freeze_blocks",
 )
 
 
@@ -67,26 +114,33 @@ def _add_data_options(parser: argparse.ArgumentParser, *, seed: bool = True) -> 
     parser.add_argument(
         "--imbalance",
         type=parse_imbalance,
-        help="imbalance factor n_max/n_min of the long-tailed subset (default 100), or natural: keep every image "
-        "of each class as the data has it",
+        help=f"imbalance factor n_max/n_min of the long-tailed subset ({_default(TrainConfig, 'imbalance')}), or "
+        f"{NATURAL_IMBALANCE}: keep every image of each class as the data has it",
     )
-    parser.add_argument("--profile", help="long-tail profile: exp or step (default exp)")
+    parser.add_argument(
+        "--profile",
+        choices=PROFILES,
+        metavar="PROFILE",
+        help=f"long-tail profile of the class counts: %(choices)s ({_default(TrainConfig, 'profile')})",
+    )
     parser.add_argument("--max-per-class", type=int, help="head-class count n_max (default: the smallest class's size)")
     parser.add_argument(
         "--val-per-class",
         type=int,
-        help="validation images held out per class (default 50; 0 keeps the standard counts)",
+        help=f"validation images held out per class ({_default(TrainConfig, 'val_per_class')}; 0 keeps the "
+        "standard counts)",
     )
     parser.add_argument(
         "--val-fraction",
         type=float,
-        help="instead of --val-per-class: hold out this share of each class (at least one image), for small classes",
+        help="instead of --val-per-class: hold out this share of each class (at least one image), for small classes "
+        "(default: none, --val-per-class applies)",
     )
     parser.add_argument(
         "--test-fraction",
         type=float,
         help="for data without a test split: hold out this share of each class (at least one image) as the test "
-        "split, the same for every run on the data",
+        "split, the same for every run on the data (default: none, the data's own test split)",
     )
     parser.add_argument(
         "--store-size",
@@ -102,11 +156,17 @@ def _add_data_options(parser: argparse.ArgumentParser, *, seed: bool = True) -> 
     )
     parser.add_argument(
         "--groups",
-        help=f"many/medium/few groups of the metrics: {' or '.join(GROUPINGS)} (thirds: the top and bottom 30%% of "
-        "classes by training count, default; shots: > 100, 20-100, < 20 training images)",
+        choices=GROUPINGS,
+        metavar="GROUPING",
+        help="many/medium/few groups of the metrics: %(choices)s (thirds: the top and bottom 30%% of classes by "
+        f"training count; shots: > 100, 20-100, < 20 training images; {_default(TrainConfig, 'groups')})",
     )
     if seed:
-        parser.add_argument("--seed", type=int, default=0, help="seed of the subset, sampling and initialisation")
+        parser.add_argument(
+            "--seed",
+            type=int,
+            help=f"seed of the subset, sampling and initialisation ({_default(TrainConfig, 'seed')})",
+        )
     parser.add_argument(
         "--cache-dir",
         type=Path,
@@ -115,175 +175,302 @@ def _add_data_options(parser: argparse.ArgumentParser, *, seed: bool = True) -> 
 
 
 def _data_settings(args) -> dict:
-    """The TrainConfig fields of the data options given. A --val-fraction replaces the default 50
-    validation images per class."""
-    settings = {name: getattr(args, name) for name in DATA_FIELDS if getattr(args, name) is not None}
+    """The TrainConfig fields of the data options given. A --val-fraction replaces the default
+    number of validation images per class (``TrainConfig.val_per_class``)."""
+    settings = _given(args, DATA_FIELDS)
     if "val_fraction" in settings:
         settings.setdefault("val_per_class", 0)
     return settings
 
 
-def _add_train_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--weights", default="imagenet", help="imagenet, none, or a state-dict file")
+def _add_weights_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--image-size", type=int, help="training input size; 32-px images are upsampled (default 32, or the schedule's)"
+        "--weights",
+        help="the starting weights: imagenet (torchvision's, downloaded once), none (random initialisation) or an "
+        f"EfficientNet-B0 state-dict file ({_default(TrainConfig, 'weights')})",
     )
-    parser.add_argument("--epochs", type=int, help="default 30, or the schedule's total")
+
+
+def _add_train_options(parser: argparse.ArgumentParser) -> None:
+    _add_weights_option(parser)
+    parser.add_argument(
+        "--image-size",
+        type=int,
+        help=f"training input size; 32-px images are upsampled ({_default(TrainConfig, 'image_size')}, or the "
+        "schedule's last size)",
+    )
+    parser.add_argument(
+        "--epochs", type=int, help=f"training epochs ({_default(TrainConfig, 'epochs')}, or the schedule's total)"
+    )
     parser.add_argument(
         "--size-schedule",
-        help="progressive resizing: SIZE:EPOCHS,... in order, e.g. 48:4,64:3 (sets --epochs and --image-size)",
+        help="progressive resizing: SIZE:EPOCHS,... in order, e.g. 48:4,64:3 (sets --epochs and --image-size; "
+        "default: none, --image-size throughout)",
     )
     parser.add_argument(
         "--test-size",
         type=parse_test_size,
-        default="auto",
         help="input size of the test metrics and stage-2 features: auto (chosen on the validation split, "
-        "1.0x-1.75x the training size), train (the training size) or a number of pixels (default auto)",
+        "1.0x-1.75x the training size), train (the training size) or a number of pixels "
+        f"({_default(TrainConfig, 'test_size')})",
     )
     parser.add_argument(
         "--tta",
-        default="none",
-        help=f"test-time augmentation, reported beside the plain metrics: {', '.join(TTA_MODES)} (default none)",
+        choices=TTA_MODES,
+        metavar="MODE",
+        help="test-time augmentation, reported beside the plain metrics: %(choices)s; flip averages each image's "
+        f"logits with its mirror's ({_default(TrainConfig, 'tta')})",
     )
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--lr", type=float, default=1e-4)
+    parser.add_argument("--batch-size", type=int, help=f"images per step ({_default(TrainConfig, 'batch_size')})")
+    parser.add_argument(
+        "--lr", type=float, help=f"Adam's learning rate, the peak under a schedule ({_default(TrainConfig, 'lr')})"
+    )
     parser.add_argument(
         "--lr-schedule",
-        default="constant",
-        help=f"{', '.join(LR_SCHEDULES)}: constant is the study's; cosine (a deviation) warms up over the first "
-        "epoch, then decays to 0",
+        choices=LR_SCHEDULES,
+        metavar="SCHEDULE",
+        help="%(choices)s: constant is the study's; cosine (a deviation) warms up over the first epoch, then decays "
+        f"to 0 ({_default(TrainConfig, 'lr_schedule')})",
     )
     parser.add_argument(
         "--decay-reading",
-        default=DEFAULT_DECAY_READING,
+        choices=tuple(DECAY_READINGS),
+        metavar="READING",
         help="reading of the study's 'weight decay 0.9999': "
-        + "; ".join(f"{k}: {v}" for k, v in DECAY_READINGS.items()),
+        + "; ".join(f"{k}: {v}" for k, v in DECAY_READINGS.items())
+        + f" ({_default(TrainConfig, 'decay_reading')})",
     )
     parser.add_argument(
         "--decay-value",
         type=float,
-        default=0.9999,
         help="the value of that reading: the Class-Balanced beta of the class-balanced losses (cb-beta, also "
-        "stage 2's default beta and LDAM-DRW's), the weight decay (l2, adamw) or the EMA decay (ema)",
+        "stage 2's default beta and LDAM-DRW's), the weight decay (l2, adamw) or the EMA decay (ema) "
+        f"({_default(TrainConfig, 'decay_value')})",
     )
-    parser.add_argument("--bn", default="auto", help=f"BatchNorm handling: {', '.join(BN_MODES)}")
-    parser.add_argument("--strategy", default="baseline", help=f"one of {', '.join(STRATEGIES)}")
-    parser.add_argument("--no-augment", dest="augment", action="store_false", help="no crop/flip augmentation")
+    parser.add_argument(
+        "--bn",
+        choices=BN_MODES,
+        metavar="MODE",
+        help="BatchNorm handling: %(choices)s; frozen keeps the running statistics (eval mode), reestimate "
+        "re-estimates them on training images first, train is ordinary BatchNorm, auto is frozen for folded "
+        f"checkpoints and train otherwise ({_default(TrainConfig, 'bn')})",
+    )
+    parser.add_argument(
+        "--strategy",
+        choices=tuple(STRATEGIES),
+        metavar="STRATEGY",
+        help="what is trained end to end: "
+        + "; ".join(f"{name}: {description}" for name, description in STRATEGIES.items())
+        + f" ({_default(TrainConfig, 'strategy')})",
+    )
+    parser.add_argument(
+        "--no-augment",
+        dest="augment",
+        action="store_false",
+        default=None,
+        help="no crop/flip augmentation (default: augment)",
+    )
     parser.add_argument(
         "--freeze-blocks",
         type=int,
-        default=0,
-        help="keep EfficientNet-B0's features[0:K] fixed at their loaded weights (0-8; default 0: full fine-tuning)",
+        help="keep EfficientNet-B0's features[0:K] fixed at their loaded weights: no gradient, no optimizer state, "
+        f"eval mode (0-{MAX_FREEZE_BLOCKS}; {_default(TrainConfig, 'freeze_blocks')}: full fine-tuning)",
     )
-    parser.add_argument("--deterministic", action="store_true", help="bit-for-bit repeatable (slower)")
-    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    parser.add_argument("--compile", action="store_true", help="torch.compile the model")
+    parser.add_argument(
+        "--deterministic", action="store_true", default=None, help="bit-for-bit repeatable (slower; default off)"
+    )
+    parser.add_argument(
+        "--device",
+        choices=DEVICES,
+        metavar="DEVICE",
+        help=f"%(choices)s; auto is cuda where there is one, else cpu ({_default(TrainConfig, 'device')})",
+    )
+    parser.add_argument("--compile", action="store_true", default=None, help="torch.compile the model (default off)")
+
+
+def _command(commands, name: str, summary: str) -> argparse.ArgumentParser:
+    """A subcommand whose one-line summary is both its line in `longtail --help` and the start of its own --help."""
+    return commands.add_parser(name, help=summary, description=summary[0].upper() + summary[1:] + ".")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="longtail", description=__doc__.splitlines()[0])
-    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    parser = _Parser(prog="longtail", description=DESCRIPTION)
+    commands = parser.add_subparsers(
+        title="commands",
+        dest="command",
+        required=True,
+        parser_class=_Parser,
+        metavar="COMMAND",
+        help="`longtail COMMAND --help` lists its options and their defaults",
+    )
 
-    data = commands.add_parser(
-        "data", help="print the per-class counts of the training, validation and test splits, and the imbalance"
+    data = _command(
+        commands, "data", "print the per-class counts of the training, validation and test splits, and the imbalance"
     )
     _add_data_options(data)
 
-    train = commands.add_parser("train", help="stage 1: train EfficientNet-B0 end to end")
+    train = _command(commands, "train", "stage 1: train EfficientNet-B0 end to end, then evaluate it")
     _add_data_options(train)
     _add_train_options(train)
-    train.add_argument("--out", type=Path, required=True, help="run directory")
+    train.add_argument("--out", type=Path, required=True, help="run directory (required)")
     train.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     train.add_argument("--overwrite", action="store_true", help="replace what --out holds")
 
-    decouple = commands.add_parser("decouple", help="stage 2: a new classifier on a frozen stage-1 backbone")
-    decouple.add_argument("run", type=Path, help="a finished `longtail train` run (stage 1)")
-    decouple.add_argument("--out", type=Path, required=True, help="run directory of this stage-2 head")
-    decouple.add_argument("--method", default="retrain", help=", ".join(STAGE2_METHODS))
-    decouple.add_argument("--loss", default="ce", help=f"loss of --method retrain: {', '.join(STAGE2_LOSSES)}")
+    decouple = _command(commands, "decouple", "stage 2: a new classifier on a frozen stage-1 backbone")
+    decouple.add_argument("run", type=Path, metavar="RUN", help="a finished `longtail train` run (stage 1)")
+    decouple.add_argument("--out", type=Path, required=True, help="run directory of this stage-2 head (required)")
+    decouple.add_argument(
+        "--method",
+        choices=STAGE2_METHODS,
+        metavar="METHOD",
+        help="retrain (a new linear head trained with --loss and --sampler), tau-norm (the stage-1 classifier's "
+        "weights divided by their norm to the power tau), lws (learnable weight scaling), post-hoc-la (post-hoc "
+        f"logit adjustment of the stage-1 classifier) ({_default(Stage2Config, 'method')})",
+    )
+    decouple.add_argument(
+        "--loss",
+        choices=STAGE2_LOSSES,
+        metavar="LOSS",
+        help="loss of --method retrain: %(choices)s; modified-ce is the study's Modified CE (logit-adjusted CE, tau "
+        f"tuned), crt is CE with class-balanced sampling ({_default(Stage2Config, 'loss')})",
+    )
     decouple.add_argument(
         "--sampler",
-        help=f"{' or '.join(SAMPLERS)} (default: class-balanced for crt and lws, instance otherwise)",
+        choices=SAMPLERS,
+        metavar="SAMPLER",
+        help="%(choices)s (default: class-balanced for crt and lws, instance otherwise)",
     )
-    decouple.add_argument("--epochs", type=int, default=30)
-    decouple.add_argument("--batch-size", type=int, default=128)
-    decouple.add_argument("--lr", type=float, default=1e-3)
-    decouple.add_argument("--views", type=int, default=0, help="augmented copies of the cached train features")
+    decouple.add_argument("--epochs", type=int, help=f"epochs of the head ({_default(Stage2Config, 'epochs')})")
+    decouple.add_argument("--batch-size", type=int, help=f"features per step ({_default(Stage2Config, 'batch_size')})")
+    decouple.add_argument("--lr", type=float, help=f"Adam's learning rate ({_default(Stage2Config, 'lr')})")
+    decouple.add_argument(
+        "--views",
+        type=int,
+        help=f"augmented copies of the cached train features ({_default(Stage2Config, 'views')}: the plain images "
+        "only)",
+    )
     decouple.add_argument("--tau", type=float, help="temperature (default: tuned on the validation split)")
-    decouple.add_argument("--gamma", type=float, default=1.0, help="focal gamma")
+    decouple.add_argument(
+        "--gamma", type=float, help=f"focal gamma of focal and cb-focal ({_default(Stage2Config, 'gamma')})"
+    )
     decouple.add_argument(
         "--beta",
         type=float,
         help="class-balanced beta (default: the stage-1 run's --decay-value under the cb-beta reading, else 0.9999)",
     )
-    decouple.add_argument("--seed", type=int, default=0)
-    decouple.add_argument("--overwrite", action="store_true")
-    decouple.add_argument("--cache-dir", type=Path)
+    decouple.add_argument(
+        "--seed", type=int, help=f"seed of the head's initialisation and sampling ({_default(Stage2Config, 'seed')})"
+    )
+    decouple.add_argument("--overwrite", action="store_true", help="replace what --out holds")
+    decouple.add_argument(
+        "--cache-dir",
+        type=Path,
+        help="where the stage-1 run's data and features are cached (default: $LONGTAIL_CACHE or ~/.cache/longtail)",
+    )
 
-    reproduce = commands.add_parser("reproduce", help="the whole study in one command, with a report")
+    reproduce = _command(commands, "reproduce", "the whole study in one command, with a report")
     reproduce.add_argument(
         "--preset",
-        default="cpu",
-        help="seed (the study's recipe, GPU), cpu (fits 60 min on 2 cores) or smoke (a first look in ~5 minutes)",
+        choices=tuple(PRESETS),
+        default=DEFAULT_PRESET,
+        metavar="PRESET",
+        help="; ".join(f"{name}: {preset.reason}" for name, preset in PRESETS.items()) + f" (default {DEFAULT_PRESET})",
     )
     _add_data_options(reproduce, seed=False)
-    reproduce.add_argument("--seeds", type=int, nargs="+", default=[0])
+    reproduce.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        default=list(DEFAULT_SEEDS),
+        help="the seeds of the study's runs, each a run of every strategy (default "
+        + " ".join(map(str, DEFAULT_SEEDS))
+        + ")",
+    )
     reproduce.add_argument("--extras", action="store_true", help="add the strategies beyond the study")
-    reproduce.add_argument("--weights", default="imagenet", help="as for train")
-    reproduce.add_argument("--decay-reading", help="override the default reading of 'weight decay 0.9999'")
-    reproduce.add_argument("--epochs", type=int, help="override the preset's stage-1 epochs")
-    reproduce.add_argument("--image-size", type=int, help="override the preset's image size")
-    reproduce.add_argument("--size-schedule", help="override the preset's size schedule (SIZE:EPOCHS,...)")
-    reproduce.add_argument("--test-size", type=parse_test_size, help="override the preset's test size")
-    reproduce.add_argument("--lr-schedule", help="override the preset's learning-rate schedule")
-    reproduce.add_argument("--tta", help="none or flip: flip adds rows of its own, beside the study's")
-    reproduce.add_argument("--freeze-blocks", type=int, help="override the preset's frozen blocks of B0 (0-8)")
-    reproduce.add_argument("--out", type=Path, required=True)
+    _add_weights_option(reproduce)
+    reproduce.add_argument(
+        "--decay-reading",
+        choices=tuple(DECAY_READINGS),
+        metavar="READING",
+        help="the reading of 'weight decay 0.9999': %(choices)s, as for train "
+        f"({_default(TrainConfig, 'decay_reading')})",
+    )
+    reproduce.add_argument("--epochs", type=int, help="stage-1 epochs (default: the preset's)")
+    reproduce.add_argument("--image-size", type=int, help="stage-1 training size (default: the preset's)")
+    reproduce.add_argument(
+        "--size-schedule", help="progressive resizing, SIZE:EPOCHS,... as for train (default: the preset's)"
+    )
+    reproduce.add_argument(
+        "--test-size", type=parse_test_size, help="auto, train or a number of pixels (default: the preset's)"
+    )
+    reproduce.add_argument(
+        "--lr-schedule",
+        choices=LR_SCHEDULES,
+        metavar="SCHEDULE",
+        help="%(choices)s (default: the preset's)",
+    )
+    reproduce.add_argument(
+        "--tta",
+        choices=TTA_MODES,
+        metavar="MODE",
+        help=f"%(choices)s: flip adds rows of its own, beside the study's ({_default(TrainConfig, 'tta')})",
+    )
+    reproduce.add_argument(
+        "--freeze-blocks",
+        type=int,
+        help=f"B0's features[0:K] kept fixed, 0-{MAX_FREEZE_BLOCKS} (default: the preset's)",
+    )
+    reproduce.add_argument(
+        "--out", type=Path, required=True, help="the study's directory: its runs, results.md and report.html (required)"
+    )
     reproduce.add_argument(
         "--overwrite", action="store_true", help="retrain every run under --out (whatever settings they had)"
     )
 
-    evaluate = commands.add_parser("evaluate", help="write RUN/metrics.json and figures")
-    evaluate.add_argument("run", type=Path)
-    evaluate.add_argument("--cache-dir", type=Path)
-
-    predict = commands.add_parser(
-        "predict", help="classify image files or folders with a finished run (or a stage-2 head fitted on it)"
+    evaluate = _command(commands, "evaluate", "recompute a finished run's metrics: RUN/metrics.json and RUN/figures/")
+    evaluate.add_argument(
+        "run", type=Path, metavar="RUN", help="a finished `longtail train` or `longtail decouple` run"
     )
-    predict.add_argument("run", type=Path, help="a finished `longtail train` run (stage 1)")
+    evaluate.add_argument(
+        "--cache-dir",
+        type=Path,
+        help="where the run's data is cached (default: $LONGTAIL_CACHE or ~/.cache/longtail)",
+    )
+
+    predict = _command(
+        commands, "predict", "classify image files or folders with a finished run (or a stage-2 head fitted on it)"
+    )
+    predict.add_argument("run", type=Path, metavar="RUN", help="a finished `longtail train` run (stage 1)")
     predict.add_argument("paths", type=Path, nargs="+", metavar="PATH", help="image files, or folders of them")
-    predict.add_argument("--head", type=Path, help="a `longtail decouple` run fitted on RUN: classify with its head")
+    predict.add_argument(
+        "--head", type=Path, help="a `longtail decouple` run fitted on RUN: classify with its head (default: RUN's own)"
+    )
     predict.add_argument(
         "--out",
         type=Path,
         help="write the predictions to this .csv or .json file (default: CSV on stdout)",
     )
-    predict.add_argument("--top-k", type=int, help="classes listed per image (default 5, or all if fewer)")
+    predict.add_argument(
+        "--top-k", type=int, help=f"classes listed per image (default {DEFAULT_TOP_K}, or all if fewer)"
+    )
     predict.add_argument(
         "--cache-dir",
         type=Path,
-        help="the run's data cache (only runs recorded before run.json held their class names need their data)",
+        help="the run's data cache (only runs recorded before run.json held their class names need their data; "
+        "default: $LONGTAIL_CACHE or ~/.cache/longtail)",
     )
     return parser
 
 
 def _command_data(args) -> None:
-    config = TrainConfig(data=args.data, seed=args.seed, **_data_settings(args))
+    config = TrainConfig(**_given(args, ("data", "seed")), **_data_settings(args))
     config.validate()
-    import numpy as np
-
     from longtail.data import listed, load_dataset
-    from longtail.metrics import frequency_groups
+    from longtail.summary import split_summary
 
     dataset = load_dataset(config, pretrained=False, cache_dir=args.cache_dir)
     arrays, split = dataset.arrays, dataset.split
-    counts = {
-        "val": np.bincount(arrays.y_train[split.val], minlength=arrays.num_classes),
-        "test": np.bincount(dataset.test_labels, minlength=arrays.num_classes),
-    }
-    group_of = {
-        c: group for group, members in frequency_groups(split.train_counts, config.groups).items() for c in members
-    }
+    summary = split_summary(dataset, config.groups)
     height, width = arrays.image_shape
     print(f"source: {arrays.source} (sha256 {arrays.fingerprint[:16]}...), images stored at {height}x{width} px")
     if arrays.skipped:
@@ -294,58 +481,40 @@ def _command_data(args) -> None:
         else f"profile {config.profile}, imbalance {config.imbalance:g}"
     )
     print(f"{shape}, seed {config.seed}, index file {split.index_file}")
-    name_width = max(5, *(len(n) for n in arrays.class_names))
+    name_width = max(5, *(len(row["name"]) for row in summary["classes"]))
     print(f"{'':>3} {'class':<{name_width}} {'profile':>8} {'train':>8} {'val':>6} {'test':>6}  {config.groups} group")
-    for c, name in enumerate(arrays.class_names):
+    for row in summary["classes"]:
         print(
-            f"{c:>3} {name:<{name_width}} {split.profile_counts[c]:>8} {split.train_counts[c]:>8} "
-            f"{counts['val'][c]:>6} {counts['test'][c]:>6}  {group_of[c]}"
+            f"{row['class']:>3} {row['name']:<{name_width}} {row['profile']:>8} {row['train']:>8} "
+            f"{row['val']:>6} {row['test']:>6}  {row['group']}"
         )
+    total = summary["total"]
     print(
-        f"{'':>3} {'total':<{name_width}} {sum(split.profile_counts):>8} {sum(split.train_counts):>8} "
-        f"{len(split.val):>6} {len(dataset.test_labels):>6}"
+        f"{'':>3} {'total':<{name_width}} {total['profile']:>8} {total['train']:>8} "
+        f"{total['val']:>6} {total['test']:>6}"
     )
-    most, fewest = max(split.train_counts), min(split.train_counts)
-    print(f"imbalance factor of the training counts: {most / fewest:.1f} ({most} / {fewest})")
+    print(
+        f"imbalance factor of the training counts: {summary['imbalance_factor']:.1f} "
+        f"({summary['most']} / {summary['fewest']})"
+    )
     if split.test is None:
-        print(f"test: {len(dataset.test_labels)} images, the source's own test split")
+        print(f"test: {total['test']} images, the source's own test split")
     else:
         print(
-            f"test: {len(dataset.test_labels)} images held out of the training images "
+            f"test: {total['test']} images held out of the training images "
             f"(--test-fraction {config.test_fraction:g}, stratified, the same for every run on this data)"
         )
 
 
 def _train_config(args) -> TrainConfig:
-    """The stage-1 config of the train options, validated. A --size-schedule sets --epochs and
-    --image-size when they are not given."""
-    stages = parse_size_schedule(args.size_schedule) if args.size_schedule is not None else None
-    defaults = TrainConfig()
-    config = TrainConfig(
-        data=args.data,
-        weights=args.weights,
-        strategy=args.strategy,
-        **_data_settings(args),
-        image_size=args.image_size
-        if args.image_size is not None
-        else (stages[-1][0] if stages else defaults.image_size),
-        epochs=args.epochs if args.epochs is not None else (sum(e for _, e in stages) if stages else defaults.epochs),
-        batch_size=args.batch_size,
-        lr=args.lr,
-        decay_reading=args.decay_reading,
-        decay_value=args.decay_value,
-        bn=args.bn,
-        seed=args.seed,
-        deterministic=args.deterministic,
-        augment=args.augment,
-        device=args.device,
-        compile=args.compile,
-        size_schedule=args.size_schedule,
-        lr_schedule=args.lr_schedule,
-        test_size=args.test_size,
-        tta=args.tta,
-        freeze_blocks=args.freeze_blocks,
-    )
+    """The stage-1 config of the train options given, validated. A --size-schedule sets --epochs
+    and --image-size when they are not given."""
+    settings = {**_given(args, _fields(TrainConfig)), **_data_settings(args)}
+    if "size_schedule" in settings:
+        stages = parse_size_schedule(settings["size_schedule"])
+        settings.setdefault("image_size", stages[-1][0])
+        settings.setdefault("epochs", sum(epochs for _, epochs in stages))
+    config = TrainConfig(**settings)
     config.validate()
     return config
 
@@ -357,21 +526,15 @@ def _command_train(args) -> None:
     print(f"finished: {out} (metrics in {out / 'metrics.json'})")
 
 
-def _command_decouple(args) -> None:
-    config = Stage2Config(
-        method=args.method,
-        loss=args.loss,
-        sampler=args.sampler,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        views=args.views,
-        tau=args.tau,
-        gamma=args.gamma,
-        beta=args.beta,
-        seed=args.seed,
-    )
+def _stage2_config(args) -> Stage2Config:
+    """The stage-2 config of the decouple options given, validated."""
+    config = Stage2Config(**_given(args, _fields(Stage2Config)))
     config.validate()
+    return config
+
+
+def _command_decouple(args) -> None:
+    config = _stage2_config(args)
     from longtail.decouple import decouple
 
     metrics = decouple(args.run, config, args.out, overwrite=args.overwrite, cache_dir=args.cache_dir)
@@ -381,18 +544,9 @@ def _command_decouple(args) -> None:
 def _command_reproduce(args) -> None:
     data_settings = _data_settings(args)
     imbalance = data_settings.pop("imbalance", TrainConfig.imbalance)
-    settings = dict(
-        epochs=args.epochs,
-        image_size=args.image_size,
-        size_schedule=args.size_schedule,
-        test_size=args.test_size,
-        lr_schedule=args.lr_schedule,
-        tta=args.tta,
-        decay_reading=args.decay_reading,
-        freeze_blocks=args.freeze_blocks,
-    )
-    given = {**{key: value for key, value in settings.items() if value is not None}, **data_settings}
-    study_config(args.preset, data=args.data, weights=args.weights, imbalance=imbalance, given=given)
+    weights = args.weights if args.weights is not None else TrainConfig.weights
+    settings = _given(args, STUDY_FIELDS)
+    study_config(args.preset, data=args.data, weights=weights, imbalance=imbalance, given={**settings, **data_settings})
     for seed in args.seeds:
         check_int("seeds", seed, 0, MAX_SEED)
     from longtail.study import reproduce
@@ -404,7 +558,7 @@ def _command_reproduce(args) -> None:
         imbalance=imbalance,
         extras=args.extras,
         data=args.data,
-        weights=args.weights,
+        weights=weights,
         overwrite=args.overwrite,
         cache_dir=args.cache_dir,
         overrides=data_settings,

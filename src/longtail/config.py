@@ -18,6 +18,7 @@ from longtail.choices import (
     BN_MODES,
     DECAY_READINGS,
     DEFAULT_DECAY_READING,
+    DEVICES,
     GROUPINGS,
     LR_SCHEDULES,
     NATURAL_IMBALANCE,
@@ -148,7 +149,7 @@ class TrainConfig:
         check_choice("decay_reading", self.decay_reading, DECAY_READINGS)
         check_choice("bn", self.bn, BN_MODES)
         check_choice("profile", self.profile, PROFILES)
-        check_choice("device", self.device, ("auto", "cpu", "cuda"))
+        check_choice("device", self.device, DEVICES)
         check_choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
         check_choice("tta", self.tta, TTA_MODES)
         check_choice("groups", self.groups, GROUPINGS)
@@ -373,6 +374,11 @@ PRESETS = {
     # preset"): 200 images in the head class taught nothing (10% top-1), 2,500 stayed under 30%.
     "smoke": Preset(32, 1, "the full long-tailed set, 1 epoch at 32 px: the study's pattern in ~5 minutes"),
 }
+
+# What `longtail reproduce` runs when --preset and --seeds are not given (``longtail.study.reproduce``'s
+# defaults; tests/test_cli_options.py checks the two agree).
+DEFAULT_PRESET = "cpu"
+DEFAULT_SEEDS = (0,)
 
 
 def study_config(preset: str, *, data, weights: str, imbalance: float | str, given: dict) -> TrainConfig:

@@ -2,8 +2,10 @@
 
 Every loss takes ``logits`` (B, C), integer ``targets`` (B,) and returns the mean over the
 batch. Losses that need the training class counts ``n_c`` receive them explicitly. The
-registry at the bottom (``LOSSES``, ``build_loss``) is the only place names are spelled;
-the command line, the configuration files and the Python API all use these names.
+registry at the bottom (``LOSSES``, ``build_loss``) builds them by the names of
+``longtail.choices.LOSS_NAMES``, the torch-free list the command line offers (the tests check
+the two agree); the command line, the configuration files and the Python API all use these
+names.
 
 Conventions
 - ``pi_c = n_c / sum(n)`` is the training class prior.
@@ -187,6 +189,7 @@ class LossSpec:
 # validation split (tau = 1 would just be Balanced Softmax, already in the study's list).
 MODIFIED_CE = "logit-adjusted"
 
+# Keyed by ``longtail.choices.LOSS_NAMES``, in its order.
 LOSSES: dict[str, LossSpec] = {
     "ce": LossSpec(lambda counts, **_: cross_entropy, "cross-entropy"),
     "balanced-softmax": LossSpec(

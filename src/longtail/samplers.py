@@ -20,9 +20,8 @@ from collections.abc import Sequence
 import torch
 from torch.utils.data import WeightedRandomSampler
 
+from longtail.choices import SAMPLERS
 from longtail.errors import LongtailError
-
-SAMPLERS = ("instance", "class-balanced")
 
 
 def epoch_generator(seed: int, epoch: int, stream: int = 0, device: torch.device | str = "cpu") -> torch.Generator:
@@ -36,18 +35,25 @@ def inverse_frequency_sample_weights(labels: Sequence[int]) -> torch.Tensor:
     return torch.tensor([1.0 / counts[int(label)] for label in labels], dtype=torch.double)
 
 
+def _instance_order(labels: Sequence[int], generator: torch.Generator) -> torch.Tensor:
+    return torch.randperm(len(labels), generator=generator)
+
+
+def _class_balanced_order(labels: Sequence[int], generator: torch.Generator) -> torch.Tensor:
+    weighted = WeightedRandomSampler(
+        inverse_frequency_sample_weights(labels), num_samples=len(labels), replacement=True, generator=generator
+    )
+    return torch.tensor(list(weighted), dtype=torch.long)
+
+
+# The samplers by name: the names are ``longtail.choices.SAMPLERS`` (tests/test_cli_options.py checks).
+ORDERS = {"instance": _instance_order, "class-balanced": _class_balanced_order}
+
+
 def epoch_order(
     sampler: str, labels: Sequence[int], seed: int, epoch: int, rank: int = 0, world_size: int = 1
 ) -> torch.Tensor:
     """Positions into ``labels`` that this process visits in ``epoch``."""
-    generator = epoch_generator(seed, epoch)
-    if sampler == "instance":
-        order = torch.randperm(len(labels), generator=generator)
-    elif sampler == "class-balanced":
-        weighted = WeightedRandomSampler(
-            inverse_frequency_sample_weights(labels), num_samples=len(labels), replacement=True, generator=generator
-        )
-        order = torch.tensor(list(weighted), dtype=torch.long)
-    else:
+    if sampler not in ORDERS:
         raise LongtailError(f"unknown sampler '{sampler}': choose one of {', '.join(SAMPLERS)}")
-    return order[rank::world_size]
+    return ORDERS[sampler](labels, epoch_generator(seed, epoch))[rank::world_size]
