@@ -42,7 +42,7 @@ nvidia-smi || echo "nvidia-smi failed"
 import importlib, torch, torchvision
 print(f"torch {torch.__version__}, torchvision {torchvision.__version__}, cuda {torch.version.cuda}, "
       f"available {torch.cuda.is_available()}, {torch.cuda.get_device_name(0) if torch.cuda.is_available() else '-'}")
-for name in ("numpy", "sklearn", "matplotlib", "tqdm", "tensorboard", "PIL", "yaml"):
+for name in ("numpy", "sklearn", "matplotlib", "tqdm", "tensorboard", "PIL"):
     try:
         importlib.import_module(name)
     except ImportError:

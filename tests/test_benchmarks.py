@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import shutil
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
 import pytest
+import torch
 
 import longtail.decouple
 import longtail.evaluation
@@ -112,3 +115,48 @@ def test_gpu_check_script_parses():
     if bash is None:
         pytest.skip("no bash")
     subprocess.run([bash, "-n", str(BENCHMARKS / "gpu_check.sh")], check=True)
+
+
+def test_gpu_study_script_parses_and_refuses_to_run_the_224px_recipe_without_a_gpu(tmp_path):
+    bash = shutil.which("bash")
+    if bash is None:
+        pytest.skip("no bash")
+    subprocess.run([bash, "-n", str(BENCHMARKS / "gpu_study.sh")], check=True)
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present: the script would run the real study")
+    env = {k: v for k, v in os.environ.items() if k != "GPU_STUDY_DRY_RUN"}
+    done = subprocess.run(
+        [bash, str(BENCHMARKS / "gpu_study.sh"), str(tmp_path / "study")],
+        cwd=BENCHMARKS.parent, env={**env, "PYTHON": sys.executable}, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode != 0
+    assert "no CUDA device" in done.stdout + done.stderr
+    assert not (tmp_path / "study" / "results.json").exists()
+
+
+def test_gpu_study_script_dry_run_on_cpu_writes_the_study_and_its_log(tmp_path, tiny_npz):
+    """The script end to end at tiny sizes on the CPU, so it does not rot while no GPU is lent."""
+    bash = shutil.which("bash")
+    if bash is None:
+        pytest.skip("no bash")
+    out = tmp_path / "study"
+    env = {
+        **os.environ,
+        "PYTHON": sys.executable,
+        "GPU_STUDY_DRY_RUN": "1",
+        "DATA": str(tiny_npz),
+        "WEIGHTS": "none",
+        "OMP_NUM_THREADS": "1",
+    }
+    small = ["--epochs", "1", "--image-size", "32", "--test-size", "train", "--imbalance", "2", "--val-per-class", "1"]
+    done = subprocess.run(
+        [bash, str(BENCHMARKS / "gpu_study.sh"), str(out), *small],
+        cwd=BENCHMARKS.parent, env=env, capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    results = json.loads((out / "results.json").read_text())
+    assert results["config"]["preset"] == "seed" and results["config"]["seeds"] == [0]
+    assert {"baseline", "reweight", "decoupled-modified-ce"} <= set(results["strategies"])
+    assert (out / "report.html").is_file()
+    log = (out / "gpu_study.log").read_text()
+    assert "=== gpu_study" in log and "reproduce exit status 0" in log

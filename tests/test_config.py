@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import subprocess
 import sys
 
@@ -120,3 +121,17 @@ def test_study_config_composes_the_preset_with_what_is_given():
     assert study_config("smoke", given={"max_per_class": None}, **common).max_per_class is None
     with pytest.raises(LongtailError, match="--preset"):
         study_config("huge", given={}, **common)
+
+
+@pytest.mark.parametrize(
+    ("settings", "expected"),
+    [
+        ({"freeze_blocks": -1}, "--freeze-blocks must be an integer between 0 and 8, got -1"),
+        ({"freeze_blocks": 9}, "--freeze-blocks must be an integer between 0 and 8, got 9"),
+        ({"freeze_blocks": 3, "bn": "reestimate"}, "--bn reestimate re-estimates the BatchNorm statistics of the 3"),
+    ],
+)
+def test_freeze_blocks_outside_0_to_8_or_with_reestimated_batchnorm_is_refused(settings, expected):
+    with pytest.raises(LongtailError, match=re.escape(expected)):
+        TrainConfig(**settings).validate()
+    TrainConfig(freeze_blocks=8).validate()

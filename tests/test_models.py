@@ -289,3 +289,21 @@ def test_imagenet_weights_record_the_downloaded_files_sha256_and_its_url(tmp_pat
     _, info = models.build_model(10, "imagenet")
     assert info.sha256 == hashlib.sha256(b"the weights torchvision downloaded").hexdigest()
     assert info.url == url and info.url != info.sha256
+
+
+def test_frozen_blocks_get_no_gradient_no_optimizer_state_and_stay_in_eval_mode():
+    model, _ = build_model(10, "none")
+    models.freeze_blocks(model, 4)
+    frozen = {id(p) for p in model.features[:4].parameters()}
+    assert frozen and all(not p.requires_grad for p in model.features[:4].parameters())
+    assert all(p.requires_grad for p in model.features[4:].parameters())
+    assert not frozen & {id(p) for p in models.trainable_parameters(model)}
+    wrapper = torch.nn.Sequential(model)  # as DDP or torch.compile wrap it
+    models.set_train_mode(wrapper, "train", frozen_blocks=4)
+    assert [block.training for block in model.features] == [False] * 4 + [True] * 5
+    assert all(not m.training for block in model.features[:4] for m in block.modules())
+    assert model.classifier.training
+    x = torch.randn(2, 3, 32, 32)
+    model(x).sum().backward()
+    assert all(p.grad is None for p in model.features[:4].parameters())
+    assert all(p.grad is not None for p in model.features[4:].parameters())

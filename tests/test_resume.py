@@ -35,11 +35,13 @@ def subset(cifar10_subset) -> Path:
     return cifar10_subset(40, 20)
 
 
-# Sizes and epochs: a fixed 32 px, or progressive resizing with a cosine learning rate, which
-# resumes inside its second size (48 px), mid-warm-down.
+# Sizes and epochs: a fixed 32 px, progressive resizing with a cosine learning rate, which resumes
+# inside its second size (48 px), mid-warm-down, or a fixed 32 px with B0's first three blocks frozen.
+FROZEN_BLOCKS = 3
 SCHEDULES = {
     "fixed": ["--image-size", "32", "--epochs", str(EPOCHS)],
     "progressive-cosine": ["--size-schedule", f"32:1,48:{EPOCHS - 1}", "--lr-schedule", "cosine"],
+    "frozen-blocks": ["--image-size", "32", "--epochs", str(EPOCHS), "--freeze-blocks", str(FROZEN_BLOCKS)],
 }
 
 
@@ -117,7 +119,14 @@ def test_sigkilled_run_resumes_to_the_same_weights_and_metrics(subset, tmp_path,
     assert not differing, f"{len(differing)} tensors differ after resuming, e.g. {differing[:3]}"
     # The weights changed from the pretrained start (identical untrained weights would prove nothing).
     start = torch.load(WEIGHTS, map_location="cpu", weights_only=True)
-    assert not torch.equal(want["features.0.0.weight"], start["features.0.0.weight"])
+    frozen = tuple(f"features.{block}." for block in range(FROZEN_BLOCKS if schedule == "frozen-blocks" else 0))
+    trained = [name for name in want if name.startswith("features.") and not name.startswith(frozen)]
+    assert any(not torch.equal(want[name], start[name]) for name in trained)
+    if frozen:  # the frozen blocks' tensors are the loaded weights, bit for bit
+        kept = [name for name in want if name.startswith(frozen)]
+        assert kept and all(torch.equal(want[name], start[name]) for name in kept)
+    else:
+        assert not torch.equal(want["features.0.0.weight"], start["features.0.0.weight"])
 
     assert json.loads((crashed / "metrics.json").read_text()) == json.loads((reference / "metrics.json").read_text())
 
@@ -134,9 +143,13 @@ def test_sigkilled_run_resumes_to_the_same_weights_and_metrics(subset, tmp_path,
     assert checkpoint["epoch"] == EPOCHS and checkpoint["step"] == EPOCHS * STEPS_PER_EPOCH
     assert checkpoint["model"].keys() == want.keys()
     assert checkpoint["optimizer"]["state"]  # Adam's moments, not just its hyperparameters
+    trainable = [name for name in want if name.startswith("features.") or name.startswith("classifier.")]
+    trainable = [n for n in trainable if not n.startswith(frozen) and "running_" not in n and "num_batches" not in n]
+    assert len(checkpoint["optimizer"]["state"]) == len(trainable)  # no optimizer state for a frozen block
     assert len(checkpoint["rng"]) == 1 and isinstance(checkpoint["rng"][0]["torch"], torch.Tensor)  # one per rank
     run = runs.read_json(reference / runs.RUN_FILE)
-    assert run["epoch_sizes"] == ([32] * EPOCHS if schedule == "fixed" else [32] + [48] * (EPOCHS - 1))
+    assert run["epoch_sizes"] == ([32] + [48] * (EPOCHS - 1) if schedule == "progressive-cosine" else [32] * EPOCHS)
+    assert run["config"]["freeze_blocks"] == (FROZEN_BLOCKS if schedule == "frozen-blocks" else 0)
     assert [r["image_size"] for r in run["history"]] == run["epoch_sizes"]
     if schedule == "progressive-cosine":
         assert checkpoint["lr_scheduler"]["last_epoch"] == EPOCHS * STEPS_PER_EPOCH

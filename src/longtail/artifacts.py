@@ -35,7 +35,7 @@ def read_finished_stage1(run_dir: Path) -> tuple[TrainConfig, dict]:
     try:
         config = from_record(TrainConfig, run["config"])
         config.validate()
-        run["weights"]["pretrained"]
+        run["weights"]["pretrained"], run["class_names"], run["data_store_size"]
     except (KeyError, TypeError, LongtailError) as error:
         raise LongtailError(
             f"{run_dir / RUN_FILE}: not a valid longtail run record ({type(error).__name__}: {error}); "

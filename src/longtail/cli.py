@@ -453,12 +453,6 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument(
         "--top-k", type=int, help=f"classes listed per image (default {DEFAULT_TOP_K}, or all if fewer)"
     )
-    predict.add_argument(
-        "--cache-dir",
-        type=Path,
-        help="the run's data cache (only runs recorded before run.json held their class names need their data; "
-        "default: $LONGTAIL_CACHE or ~/.cache/longtail)",
-    )
     return parser
 
 
@@ -597,7 +591,7 @@ def _command_predict(args) -> None:
     check_prediction_options(args.out, args.top_k)
     from longtail.prediction import predict, write_predictions
 
-    predictions = predict(args.run, args.paths, head=args.head, top_k=args.top_k, cache_dir=args.cache_dir)
+    predictions = predict(args.run, args.paths, head=args.head, top_k=args.top_k)
     for _, why in predictions.failed:
         print(f"longtail: skipped {why}", file=sys.stderr)
     write_predictions(predictions, args.out)

@@ -41,7 +41,7 @@ import torch
 from longtail import data as data_module
 from longtail.artifacts import load_head, read_finished_stage1, run_test_size, stage1_of, trained_model
 from longtail.config import DEFAULT_TOP_K, check_prediction_options
-from longtail.data import load_dataset, normalisation
+from longtail.data import normalisation
 from longtail.errors import LongtailError
 from longtail.features import apply_head, extract_features
 from longtail.losses import LDAM_SCALE
@@ -105,15 +105,6 @@ def image_paths(paths: Sequence[str | Path]) -> list[Path]:
     return files
 
 
-def _stage1_facts(config, record: dict, cache_dir: Path | None) -> tuple[tuple[str, ...], tuple[int, int]]:
-    """``(class names, store size)`` of a finished run: from its run.json, or, for runs recorded
-    before run.json held them, from its data."""
-    if "class_names" in record and "data_store_size" in record:
-        return tuple(record["class_names"]), tuple(record["data_store_size"])
-    arrays = load_dataset(config, record["weights"]["pretrained"], cache_dir).arrays
-    return arrays.class_names, arrays.image_shape
-
-
 def _check_head(head: Path, run: Path, record: dict) -> None:
     """A stage-2 head classifies the features of the stage-1 model it was fitted on, and no other."""
     if not (head / RUN_FILE).exists():
@@ -138,17 +129,16 @@ def predict(
     *,
     head: str | Path | None = None,
     top_k: int | None = None,
-    cache_dir: Path | None = None,
     runtime: Runtime | None = None,
 ) -> Predictions:
     """Classify image files (and every file in folders) with the finished stage-1 run ``run``,
     or with the stage-2 head in the directory ``head`` fitted on it (see the module docstring).
     ``top_k``: classes listed per image in ``Predictions.records`` and the outputs (default 5, or
-    the number of classes if fewer). ``cache_dir``: where the run's data is cached, needed only
-    for runs recorded before run.json held their class names and store size."""
+    the number of classes if fewer). The run's data is not needed: its run.json records the class
+    names and the store size."""
     run = Path(run)
     config, record = read_finished_stage1(run)
-    class_names, (height, width) = _stage1_facts(config, record, cache_dir)
+    class_names, (height, width) = tuple(record["class_names"]), tuple(record["data_store_size"])
     if top_k is None:
         top_k = min(DEFAULT_TOP_K, len(class_names))
     if not 1 <= top_k <= len(class_names):

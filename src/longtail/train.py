@@ -90,7 +90,8 @@ def lr_factor(config: TrainConfig, steps_in_epoch: int) -> Callable[[int], float
     def cosine(step: int) -> float:
         if step < warmup:
             return (step + 1) / warmup
-        return 0.5 * (1.0 + math.cos(math.pi * (step - warmup) / max(1, total - 1 - warmup)))
+        progress = min(1.0, (step - warmup) / max(1, total - 1 - warmup))  # stays at 0 past the last step
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
 
     return cosine
 
