@@ -49,7 +49,7 @@ from longtail.config import TrainConfig
 from longtail.data import load_source
 from longtail.decouple import Stage2Config, decouple_many, train_head
 from longtail.evaluation import save_evaluation
-from longtail.features import FEATURES_FILE, extract_features
+from longtail.features import extract_features, feature_file
 from longtail.losses import MODIFIED_CE, build_loss, loss_spec
 from longtail.models import make_head
 from longtail.runs import atomic_torch_save, read_json, torch_load
@@ -175,11 +175,12 @@ def main(argv: list[str] | None = None) -> dict:
         train(base, baseline, cache_dir=args.cache_dir, figures=False)
         train(reweight, root / "longtail" / "reweight", cache_dir=args.cache_dir, figures=False)
         longtail_stage1 = time.perf_counter() - started
-        after_stage1 = torch_load(baseline / FEATURES_FILE)  # the test and validation features
+        cache_file = baseline / feature_file(read_json(baseline / "run.json")["test_image_size"])
+        after_stage1 = torch_load(cache_file)  # the test and validation features
         repeats = []
         for repeat in range(args.stage2_repeats):
             # Untimed: the cache as stage 1 left it, so every repeat extracts the train features.
-            atomic_torch_save(baseline / FEATURES_FILE, after_stage1)
+            atomic_torch_save(cache_file, after_stage1)
             outs = {loss: root / "longtail" / f"stage2-{repeat}" / f"decoupled-{loss}" for loss in STUDY_LOSSES}
             stage2_started, writing.seconds = time.perf_counter(), 0.0
             metrics = decouple_many(

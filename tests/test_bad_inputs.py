@@ -33,7 +33,8 @@ from PIL import Image
 
 from longtail import cli
 from longtail.data import load_arrays, long_tail_split
-from longtail.features import FEATURES_FILE
+from longtail.features import feature_file
+from longtail.runs import RUN_FILE, read_json
 
 DAMAGES = ("empty", "truncated", "random-bytes", "wrong-kind")
 
@@ -263,7 +264,8 @@ def test_model_pt(workspace, tmp_path, damage, command):
     from torchvision.models import resnet18
 
     run = _copy_run(workspace, tmp_path)
-    (run / FEATURES_FILE).unlink()  # so stage 2 must read model.pt
+    for cached in run.glob("features-*px.pt"):  # so stage 2 must read model.pt
+        cached.unlink()
     model = run / "model.pt"
     _damage(model, damage, _torch_bytes(resnet18().state_dict()))
     argv = {
@@ -276,7 +278,7 @@ def test_model_pt(workspace, tmp_path, damage, command):
 @pytest.mark.parametrize("damage", DAMAGES)
 def test_features_cache_is_rebuilt_not_trusted(workspace, tmp_path, damage):
     run = _copy_run(workspace, tmp_path)
-    features = run / FEATURES_FILE
+    features = run / feature_file(read_json(run / RUN_FILE)["test_image_size"])
     good = torch.load(features, weights_only=True)
     _damage(features, damage, _torch_bytes({**good, "test": good["test"] + 1}))  # edited numbers, stale checksum
     head = tmp_path / "head"

@@ -12,10 +12,10 @@ from longtail import features as features_module
 from longtail.config import TrainConfig
 from longtail.data import load_dataset
 from longtail.features import (
-    FEATURES_FILE,
     apply_head,
     batched_inference,
     extract_features,
+    feature_file,
     features_and_logits,
     load_or_extract_features,
     store_evaluation_features,
@@ -109,7 +109,7 @@ def test_features_of_another_model_are_recomputed(stage1, extraction_sizes):
     found = load_or_extract_features(run_dir, "sha-new", lambda: model, dataset, 0, 0, RUNTIME, SIZE)
     assert extraction_sizes[-1] == len(dataset.arrays.x_test)
     torch.testing.assert_close(found.test, _test_features(stage1), atol=0, rtol=0)
-    assert torch_load(run_dir / FEATURES_FILE)["model_sha256"] == "sha-new"
+    assert torch_load(run_dir / feature_file(SIZE))["model_sha256"] == "sha-new"
 
 
 def test_more_views_extract_only_the_new_ones_and_keep_the_old(stage1, extraction_sizes):
@@ -127,10 +127,10 @@ def test_more_views_extract_only_the_new_ones_and_keep_the_old(stage1, extractio
     assert extraction_sizes == [] and torch.equal(fewer.train, augmented.train[:2])
     # Storing new test features keeps the cached train views of the same model.
     store_evaluation_features(run_dir, "sha-a", SIZE, plain.test)
-    assert torch_load(run_dir / FEATURES_FILE)["train"].shape[0] == 3
+    assert torch_load(run_dir / feature_file(SIZE))["train"].shape[0] == 3
 
 
-def test_features_of_another_image_size_are_recomputed_at_the_new_size(stage1, extraction_sizes):
+def test_features_of_another_image_size_are_computed_at_that_size_and_cached_beside(stage1, extraction_sizes):
     run_dir, model, config, dataset = stage1
     store_evaluation_features(run_dir, "sha-a", SIZE, _test_features(stage1))
     extraction_sizes.clear()
@@ -141,7 +141,12 @@ def test_features_of_another_image_size_are_recomputed_at_the_new_size(stage1, e
     at_48 = extract_features(model, x_test, 48, dataset.mean, dataset.std, RUNTIME)
     torch.testing.assert_close(found.test, at_48, atol=0, rtol=0)
     assert not torch.allclose(found.test, _test_features(stage1))
-    assert torch_load(run_dir / FEATURES_FILE)["image_size"] == 48
+    assert torch_load(run_dir / feature_file(48))["image_size"] == 48
+    kept = torch_load(run_dir / feature_file(SIZE))  # the first size's cache is left as it was
+    assert kept["image_size"] == SIZE and torch.equal(kept["test"], _test_features(stage1))
+    extraction_sizes.clear()
+    again = load_or_extract_features(run_dir, "sha-a", _never, dataset, 0, 0, RUNTIME, 48)
+    assert extraction_sizes == [] and torch.equal(again.test, found.test)
 
 
 def test_flip_tta_is_the_mean_of_the_two_forward_passes(stage1):
@@ -170,7 +175,7 @@ def test_flip_features_are_cached_once_and_reused(stage1, extraction_sizes):
 def test_a_damaged_cache_is_rebuilt_never_trusted(stage1, extraction_sizes, damage):
     run_dir, model, config, dataset = stage1
     good = load_or_extract_features(run_dir, "sha-a", lambda: model, dataset, 0, 0, RUNTIME, SIZE)
-    path = run_dir / FEATURES_FILE
+    path = run_dir / feature_file(SIZE)
     payload = path.read_bytes()
     if damage == "empty":
         path.write_bytes(b"")
@@ -188,7 +193,7 @@ def test_a_damaged_cache_is_rebuilt_never_trusted(stage1, extraction_sizes, dama
     rebuilt = load_or_extract_features(run_dir, "sha-a", lambda: model, dataset, 0, 0, RUNTIME, SIZE)
     assert len(extraction_sizes) == 3  # train, validation and test extracted again
     torch.testing.assert_close(rebuilt.test, good.test, atol=0, rtol=0)
-    assert torch_load(run_dir / FEATURES_FILE)["checksum"]
+    assert torch_load(run_dir / feature_file(SIZE))["checksum"]
 
 
 def test_logits_and_pooled_features_stay_float32_under_bf16_autocast(stage1):

@@ -25,7 +25,7 @@ from PIL import Image
 
 from longtail import cli, data, runs
 from longtail.artifacts import load_head
-from longtail.features import apply_head
+from longtail.features import apply_head, feature_file
 from longtail.models import head_from_state_dict
 
 pytestmark = pytest.mark.slow
@@ -221,7 +221,7 @@ def test_predict_on_the_folder_gives_the_runs_own_evaluation(stage1, folder, wor
     metrics = json.loads((stage1 / "metrics.json").read_text())
     assert confusion.tolist() == metrics["confusion_matrix"]
     # ... with the probabilities of its cached test features (classifier applied at the run's test size).
-    cached = runs.torch_load(stage1 / "features.pt")
+    cached = runs.torch_load(stage1 / feature_file(run["test_image_size"]))
     head = head_from_state_dict(runs.torch_load(stage1 / "model.pt"), 10)
     expected = _probabilities(apply_head(head, cached["test"]))
     got = np.array([[float(row["top1_probability"])] for row in test_rows])
@@ -242,7 +242,7 @@ def test_predict_single_files_with_the_stage2_head_as_json(stage1, stage2, folde
     assert document["head"] == str(stage2) and document["top_k"] == 3 and document["unreadable"] == []
     assert document["store_size"] == [64, 64] and document["image_size"] == run["test_image_size"]
     assert [entry["path"] for entry in document["predictions"]] == list(map(str, files))
-    cached = runs.torch_load(stage1 / "features.pt")
+    cached = runs.torch_load(stage1 / feature_file(run["test_image_size"]))
     expected = _probabilities(apply_head(load_head(stage2, 10), cached["test"][:2]))
     for entry, chances in zip(document["predictions"], expected, strict=True):
         assert [top["class"] for top in entry["top"]] == [data.CIFAR10_CLASSES[c] for c in np.argsort(-chances)[:3]]

@@ -16,7 +16,7 @@ from longtail.artifacts import load_trained_model
 from longtail.config import TrainConfig
 from longtail.data import dataset as dataset_module
 from longtail.evaluation import evaluate_run
-from longtail.features import FEATURES_FILE, features_and_logits
+from longtail.features import feature_file, features_and_logits
 from longtail.resolution import choose_size, resolve_test_size, size_grid
 from longtail.runtime import Runtime
 from longtail.train import train
@@ -78,7 +78,7 @@ def test_the_choice_is_the_best_validation_accuracy_of_the_grid(finished_run):
     assert record["test_image_size"] == min(int(size) for size, acc in expected.items() if acc == best)
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["test_image_size"] == record["test_image_size"]
-    cached = runs.torch_load(run_dir / FEATURES_FILE)
+    cached = runs.torch_load(run_dir / feature_file(record["test_image_size"]))
     assert cached["image_size"] == record["test_image_size"] and cached["val"].shape[0] == len(val_labels)
 
 
@@ -107,7 +107,8 @@ def test_test_images_and_labels_cannot_move_the_choice(finished_run, monkeypatch
     again = runs.read_json(copy / runs.RUN_FILE)
     del again["test_image_size"], again["test_size_grid"]  # choose again, from scratch
     runs.atomic_write_json(copy / runs.RUN_FILE, again)
-    (copy / FEATURES_FILE).unlink()
+    for cached in copy.glob("features-*px.pt"):
+        cached.unlink()
     metrics = evaluate_run(copy, cache_dir=cache, figures=False)
     rechosen = runs.read_json(copy / runs.RUN_FILE)
     assert {k: rechosen[k] for k in choice} == choice

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from longtail import runs
-from longtail.features import FEATURES_FILE
+from longtail.features import feature_file
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 WEIGHTS = SHARED / "weights" / "efficientnet_b0_imagenet_tfhub.pth"
@@ -93,7 +93,8 @@ def test_reproduce_runs_the_whole_study_and_resumes_without_redoing_anything(sub
     for name in decoupled:
         record = runs.read_json(seed_dir / name / runs.RUN_FILE)
         assert sorted(Path(other).name for other in record["fitted_with"]) == sorted(set(decoupled) - {name})
-    cached = runs.torch_load(seed_dir / "baseline" / FEATURES_FILE)
+    stage1_run = runs.read_json(seed_dir / "baseline" / runs.RUN_FILE)
+    cached = runs.torch_load(seed_dir / "baseline" / feature_file(stage1_run["test_image_size"]))
     assert cached["train"].shape[1] == sum(results["environment"]["train_counts"])
     assert cached["val"].shape[0] == 500 and cached["test"].shape[0] == 300
 

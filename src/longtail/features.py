@@ -9,11 +9,12 @@ bf16 autocast (``models.pooled_features``, ``apply_head``), so CPU and GPU mean 
 Flip test-time augmentation (``--tta flip``) averages the logits of each image and of its mirror:
 ``apply_head(head, features, flipped)``. It is reported beside the plain numbers, never instead.
 
-A finished stage-1 run keeps its features in ``features.pt``, all at the run's test image size
-(``test_image_size`` in its run.json, chosen on validation by ``longtail.resolution``): the test
-set's and the validation set's, written by stage 1's evaluation (which computes them anyway on its
-way to the logits), the mirrored test images' under ``--tta flip``, and the train set's (plus ``views``
-augmented copies), added by the first stage-2 head. So a stage-2 head never runs the backbone
+A finished stage-1 run keeps its features in one file per input size, ``features-<S>px.pt``
+(``feature_file``): at the run's test image size (``test_image_size`` in its run.json, chosen on
+validation by ``longtail.resolution``) the test set's and the validation set's, written by stage 1's
+evaluation (which computes them anyway on its way to the logits), the mirrored test images' under
+``--tta flip``, and the train set's (plus ``views`` augmented copies), added by the first stage-2
+head; at the other sizes stage 2 tries, the parts it needed there. So a stage-2 head never runs the backbone
 over the test or validation set again, and once the train features are cached it does not build
 the network at all. The cache records the sha256 of the run's ``model.pt``, its image size and a
 checksum of its contents: parts of another model or another size are recomputed, and a file that
@@ -42,7 +43,13 @@ if TYPE_CHECKING:  # only for annotations
     from longtail.data import Dataset
     from longtail.runtime import Runtime
 
-FEATURES_FILE = "features.pt"
+
+def feature_file(image_size: int) -> str:
+    """The file of a stage-1 run's feature cache at one input size (``features-80px.pt``): the
+    stage-1 test size's, written by the evaluation, and those of other sizes stage 2 tries."""
+    return f"features-{image_size}px.pt"
+
+
 INFERENCE_BATCH_SIZE = 256
 
 
@@ -159,7 +166,7 @@ def _checksum(record: dict) -> str:
 def _read_cache(stage1_dir: Path, model_sha: str | None, image_size: int) -> dict:
     """What ``features.pt`` holds for this model at this size: empty when the file is absent, of
     another model or size, unreadable, or fails its checksum (a cache is rebuilt, never trusted)."""
-    path = Path(stage1_dir) / FEATURES_FILE
+    path = Path(stage1_dir) / feature_file(image_size)
     if model_sha is None or not path.exists():
         return {}
     try:
@@ -180,7 +187,7 @@ def _read_cache(stage1_dir: Path, model_sha: str | None, image_size: int) -> dic
 def _write_cache(stage1_dir: Path, model_sha: str | None, image_size: int, parts: dict) -> None:
     record = {**{k: v for k, v in parts.items() if v is not None}, "model_sha256": model_sha, "image_size": image_size}
     record["checksum"] = _checksum(record)
-    atomic_torch_save(Path(stage1_dir) / FEATURES_FILE, record)
+    atomic_torch_save(Path(stage1_dir) / feature_file(image_size), record)
 
 
 def store_evaluation_features(
