@@ -193,24 +193,33 @@ def build_parser() -> argparse.ArgumentParser:
     decouple = commands.add_parser("decouple", help="stage 2: a new classifier on a frozen stage-1 backbone")
     decouple.add_argument("run", type=Path, help="a finished `longtail train` run (stage 1)")
     decouple.add_argument("--out", type=Path, required=True, help="run directory of this stage-2 head")
+    # Stage 2's options default to None, "not given" (Stage2Config.DEFAULTS has the defaults): an
+    # option the method or loss does not use is refused, not silently ignored.
     decouple.add_argument("--method", default="retrain", help=", ".join(STAGE2_METHODS))
-    decouple.add_argument("--loss", default="ce", help=f"loss of --method retrain: {', '.join(STAGE2_LOSSES)}")
+    decouple.add_argument("--loss", help=f"loss of --method retrain: {', '.join(STAGE2_LOSSES)} (default ce)")
     decouple.add_argument(
         "--sampler",
         help=f"{' or '.join(SAMPLERS)} (default: class-balanced for crt and lws, instance otherwise)",
     )
-    decouple.add_argument("--epochs", type=int, default=30)
-    decouple.add_argument("--batch-size", type=int, default=128)
-    decouple.add_argument("--lr", type=float, default=1e-3)
-    decouple.add_argument("--views", type=int, default=0, help="augmented copies of the cached train features")
+    decouple.add_argument("--epochs", type=int, help="default 30")
+    decouple.add_argument("--batch-size", type=int, help="default 128")
+    decouple.add_argument("--lr", type=float, help="default 1e-3")
+    decouple.add_argument("--views", type=int, help="augmented copies of the cached train features (default 0)")
     decouple.add_argument("--tau", type=float, help="temperature (default: tuned on the validation split)")
-    decouple.add_argument("--gamma", type=float, default=1.0, help="focal gamma")
+    decouple.add_argument("--gamma", type=float, help="focal gamma (default 1, or tuned with --tune)")
     decouple.add_argument(
         "--beta",
         type=float,
-        help="class-balanced beta (default: the stage-1 run's --decay-value under the cb-beta reading, else 0.9999)",
+        help="class-balanced beta (default: the stage-1 run's --decay-value under the cb-beta reading, else 0.9999; "
+        "or tuned with --tune)",
     )
-    decouple.add_argument("--seed", type=int, default=0)
+    decouple.add_argument(
+        "--tune",
+        action="store_true",
+        help="choose the loss's gamma (focal, cb-focal) and beta (class-balanced, cb-focal) that are not given on "
+        "the validation split, each over a grid as large as modified-ce's tau grid",
+    )
+    decouple.add_argument("--seed", type=int, help="default 0")
     decouple.add_argument("--overwrite", action="store_true")
     decouple.add_argument("--cache-dir", type=Path)
 
@@ -362,6 +371,7 @@ def _command_decouple(args) -> None:
         tau=args.tau,
         gamma=args.gamma,
         beta=args.beta,
+        tune=args.tune,
         seed=args.seed,
     )
     config.validate()

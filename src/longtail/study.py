@@ -105,9 +105,8 @@ def _plan(base: TrainConfig, seeds: tuple[int, ...], extras: bool, out: Path) ->
             Stage1Run(seed_dir / "reweight", dataclasses.replace(base, seed=seed, strategy="reweight")),
         ]
         if extras:
-            steps.append(
-                Stage2Group(stage1, {name: dataclasses.replace(c, seed=seed) for name, c in EXTRA_STAGE2.items()})
-            )
+            heads = {name: dataclasses.replace(c, seed=seed) if c.trains else c for name, c in EXTRA_STAGE2.items()}
+            steps.append(Stage2Group(stage1, heads))
             steps += [
                 Stage1Run(seed_dir / strategy, dataclasses.replace(base, seed=seed, strategy=strategy))
                 for strategy in EXTRA_STAGE1
@@ -151,6 +150,15 @@ def _check_stage1(run: Stage1Run, data_sha256: str, weights_sha256: str | None) 
         raise _mismatch(run.directory, differences)
 
 
+def _used_by(recorded: dict) -> dict:
+    """A recorded stage-2 config in the form run.json records today (``Stage2Config.resolved``):
+    heads recorded before it, with options their method or loss never used, compare equal."""
+    try:
+        return dataclasses.asdict(from_record(Stage2Config, recorded).resolved())
+    except TypeError:  # fields that are not Stage2Config's: compared as they are, so they differ
+        return recorded
+
+
 def _check_stage2(group: Stage2Group, seed_dir: Path) -> None:
     stage1 = _recorded(group.stage1)
     stage1_done = stage1 is not None and stage1.get("status") == "finished"
@@ -160,7 +168,7 @@ def _check_stage2(group: Stage2Group, seed_dir: Path) -> None:
             continue
         if record.get("kind") != "decouple" or not isinstance(record.get("config"), dict):
             raise _mismatch(seed_dir / name, {"kind": (record.get("kind"), "decouple")})
-        differences = config_differences(record["config"], config)
+        differences = config_differences(_used_by(record["config"]), config.resolved())
         if record.get("stage1") != str(group.stage1.resolve()):
             differences["stage1"] = (record.get("stage1"), str(group.stage1.resolve()))
         if record.get("status") == "finished":
@@ -231,7 +239,7 @@ def _run_summary(run_dir: Path, out: Path) -> dict:
         "stage1_model_sha256": record.get("stage1_model_sha256"),
         "feature_image_size": record.get("feature_image_size"),
         "beta": record.get("beta"),
-        "chosen": {k: v for k, v in record.get("chosen", {}).items() if k != "val_accuracy_by_tau"},
+        "chosen": {k: v for k, v in record.get("chosen", {}).items() if not k.startswith("val_accuracy_by")},
     }
 
 
@@ -313,7 +321,7 @@ def reproduce(
                 **shared,
                 "seeds": list(seeds),
                 "extras": extras,
-                "stage2": {k: v for k, v in dataclasses.asdict(Stage2Config()).items() if k != "seed"},
+                "stage2": {k: v for k, v in dataclasses.asdict(Stage2Config().resolved()).items() if k != "seed"},
             },
             "strategies": {name: aggregate_seeds(metrics, seeds) for name, metrics in per_strategy.items()},
         }
