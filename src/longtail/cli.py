@@ -413,7 +413,9 @@ def _command_reproduce(args) -> None:
         **settings,
     )
     for name, entry in results["strategies"].items():
-        print(f"{name:<34} top-1 {100 * entry['mean']['accuracy']:6.2f} ± {100 * entry['std']['accuracy']:.2f}")
+        std = entry["std"]["accuracy"]  # the sample std; one seed has none
+        spread = f"± {100 * std:.2f}" if std is not None else "(1 seed)"
+        print(f"{name:<34} top-1 {100 * entry['mean']['accuracy']:6.2f} {spread}")
     print(f"report: {args.out / 'report.html'}, table: {args.out / 'results.md'}")
 
 
