@@ -532,3 +532,15 @@ def test_decouple_tune_records_what_it_chose_and_what_it_used(workspace, tmp_pat
     assert (record["config"]["tau"], record["config"]["gamma"], record["config"]["beta"]) == (None, None, None)
     assert (record["config"]["epochs"], record["config"]["lr"], record["config"]["seed"]) == (1, 1e-3, 0)
     assert record["chosen"] == {"loss": "balanced-softmax"} and record["beta"] is None
+
+
+def test_reproduce_finds_a_missing_validation_split_before_any_training(workspace, tmp_path):
+    out = tmp_path / "study"
+    argv = ["reproduce", "--data", str(workspace["npz"]), "--weights", "none", "--val-per-class", "0"]
+    line = _assert_refused(
+        [*argv, "--out", str(out), "--cache-dir", str(tmp_path / "cache")],
+        ["--val-per-class 0", "decoupled-modified-ce (tau)", "decoupled-focal-tuned (gamma)", "--val-fraction"],
+        [tmp_path],
+    )
+    assert "decoupled-cb-focal-tuned (beta and gamma)" in line
+    assert not out.exists() and not (tmp_path / "cache").exists()  # refused before even reading the data
