@@ -106,7 +106,8 @@ class Stopwatch:
 def naive_stage2(
     stage1_dir: Path, config: Stage2Config, out: Path, runtime: Runtime, cache_dir: Path | None, writing: Stopwatch
 ) -> dict:
-    """``fit_stage2``'s retrain head for ``config.loss``, trained and evaluated through the frozen backbone."""
+    """``fit_stage2_heads``' retrain head for ``config.loss``, trained and evaluated through the frozen backbone."""
+    config = config.resolved()  # the defaults of the options not given
     model, stage1_config, dataset, run = load_trained_model(stage1_dir, runtime, cache_dir)
     counts = dataset.split.train_counts
     loss_name = MODIFIED_CE if config.loss == "modified-ce" else config.loss

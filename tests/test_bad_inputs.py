@@ -432,3 +432,117 @@ def test_any_class_balanced_beta_outside_0_1_is_refused(workspace, tmp_path, bet
     out = tmp_path / "hypothesis-head"
     argv = ["decouple", str(workspace["run"]), "--out", str(out), "--beta", repr(beta)]
     _assert_refused(argv, ["--beta"], [tmp_path, workspace["run"]])
+
+
+# ---------------------------------------------------------------- stage 2: nothing asked is silently ignored
+
+UNUSED_DECOUPLE_OPTIONS = [
+    (["--loss", "balanced-softmax", "--tau", "2", "--gamma", "5"], ["--tau 2", "--gamma 5", "balanced-softmax"]),
+    (["--method", "tau-norm", "--loss", "focal"], ["--loss focal", "--method tau-norm", "--method retrain"]),
+    (["--method", "post-hoc-la", "--loss", "ce"], ["--loss ce", "--method post-hoc-la"]),
+    (["--method", "post-hoc-la", "--epochs", "30"], ["--epochs 30", "--method post-hoc-la", "trains nothing"]),
+    (["--method", "tau-norm", "--seed", "0"], ["--seed 0", "--method tau-norm"]),
+    (["--method", "lws", "--loss", "crt"], ["--loss crt", "--method lws"]),
+    (["--method", "lws", "--tau", "1"], ["--tau 1", "--method lws"]),
+    (["--loss", "focal", "--beta", "0.99"], ["--beta 0.99", "--loss focal", "class-balanced and cb-focal"]),
+    (["--gamma", "2"], ["--gamma 2", "--loss ce", "focal and cb-focal"]),
+    (["--loss", "balanced-softmax", "--tune"], ["--tune", "balanced-softmax has no knob", "tau = 1"]),
+    (["--loss", "modified-ce", "--tune"], ["--tune", "tau is tuned on validation"]),
+    (["--loss", "focal", "--gamma", "2", "--tune"], ["--tune", "--gamma", "nothing to tune"]),
+]
+
+
+@pytest.mark.parametrize(("options", "names"), UNUSED_DECOUPLE_OPTIONS, ids=lambda v: " ".join(v))
+def test_decouple_refuses_an_option_that_the_loss_or_method_does_not_use(workspace, tmp_path, options, names):
+    out = tmp_path / "head"
+    argv = ["decouple", str(workspace["run"]), "--out", str(out), "--cache-dir", str(workspace["cache"]), *options]
+    _assert_refused(argv, names, [tmp_path, workspace["run"]])
+    assert not out.exists()
+
+
+@pytest.fixture(scope="module")
+def no_validation_run(workspace) -> Path:
+    """A finished stage-1 run trained with --val-per-class 0: nothing to tune on."""
+    run = workspace["root"] / "stage1-no-validation"
+    argv = _train_argv(workspace["npz"], workspace["cache"], run, "--val-per-class", "0")
+    status, _, stderr = _call(argv)
+    assert status == 0, stderr
+    return run
+
+
+@pytest.mark.parametrize(
+    ("options", "names"),
+    [
+        (["--loss", "modified-ce"], ["tuning tau needs a validation split", "--val-per-class 0", "--tau"]),
+        (["--loss", "focal", "--tune"], ["tuning gamma needs a validation split", "--gamma"]),
+        (["--method", "post-hoc-la"], ["tuning tau needs a validation split"]),
+    ],
+)
+def test_decouple_without_a_validation_split_refuses_to_tune_before_making_its_directory(
+    workspace, no_validation_run, tmp_path, options, names
+):
+    out = tmp_path / "new" / "head"
+    argv = ["decouple", str(no_validation_run), "--out", str(out), "--cache-dir", str(workspace["cache"]), *options]
+    _assert_refused(argv, [str(out), *names], [tmp_path, no_validation_run])
+    assert not (tmp_path / "new").exists()
+    # A given temperature needs no validation split.
+    status, _, stderr = _call([*argv[: -len(options)], "--loss", "modified-ce", "--tau", "1", "--epochs", "1"])
+    assert status == 0, stderr
+
+
+def test_a_failed_decouple_leaves_no_run_directory_and_an_old_run_as_it_was(workspace, tmp_path, monkeypatch):
+    from longtail import decouple
+    from longtail.errors import LongtailError
+
+    run = _copy_run(workspace, tmp_path)
+    old = tmp_path / "old-head"
+    common = ["--cache-dir", str(workspace["cache"]), "--epochs", "1"]
+    status, _, stderr = _call(["decouple", str(run), "--out", str(old), *common])
+    assert status == 0, stderr
+
+    def fail(*args, **kwargs):
+        raise LongtailError("the head diverged")  # as any failure while fitting
+
+    monkeypatch.setattr(decouple, "fit_stage2_heads", fail)
+    new = tmp_path / "a" / "b" / "head"
+    _assert_refused(["decouple", str(run), "--out", str(new), *common], ["the head diverged"], [tmp_path])
+    assert not (tmp_path / "a").exists()
+    _assert_refused(["decouple", str(run), "--out", str(old), "--overwrite", *common], ["diverged"], [old])
+    assert (old / "head.pt").is_file()
+    # decouple_many with several heads: none of the new directories stays.
+    outs = {tmp_path / "many" / name: decouple.Stage2Config(loss=name, epochs=1) for name in ("ce", "focal")}
+    with pytest.raises(LongtailError, match="diverged"):
+        decouple.decouple_many(run, outs, cache_dir=workspace["cache"])
+    assert not (tmp_path / "many").exists()
+
+
+def test_decouple_tune_records_what_it_chose_and_what_it_used(workspace, tmp_path):
+    run = _copy_run(workspace, tmp_path)
+    common = ["--cache-dir", str(workspace["cache"]), "--epochs", "1"]
+    tuned, fixed = tmp_path / "tuned", tmp_path / "fixed"
+    status, _, stderr = _call(["decouple", str(run), "--out", str(tuned), "--loss", "cb-focal", "--tune", *common])
+    assert status == 0, stderr
+    record = json.loads((tuned / "run.json").read_text())
+    assert record["config"]["tune"] is True and record["config"]["gamma"] is None and record["config"]["beta"] is None
+    chosen = record["chosen"]
+    assert chosen["tuned"] == ["beta", "gamma"] and len(chosen["val_accuracy_by_setting"]) == 16
+    assert record["beta"] == chosen["beta"] and {"beta", "gamma"} <= set(chosen)
+    # A fixed head records the values it used and None for what its loss does not have.
+    status, _, stderr = _call(["decouple", str(run), "--out", str(fixed), "--loss", "balanced-softmax", *common])
+    assert status == 0, stderr
+    record = json.loads((fixed / "run.json").read_text())
+    assert (record["config"]["tau"], record["config"]["gamma"], record["config"]["beta"]) == (None, None, None)
+    assert (record["config"]["epochs"], record["config"]["lr"], record["config"]["seed"]) == (1, 1e-3, 0)
+    assert record["chosen"] == {"loss": "balanced-softmax"} and record["beta"] is None
+
+
+def test_reproduce_finds_a_missing_validation_split_before_any_training(workspace, tmp_path):
+    out = tmp_path / "study"
+    argv = ["reproduce", "--data", str(workspace["npz"]), "--weights", "none", "--val-per-class", "0"]
+    line = _assert_refused(
+        [*argv, "--out", str(out), "--cache-dir", str(tmp_path / "cache")],
+        ["--val-per-class 0", "decoupled-modified-ce (tau)", "decoupled-focal-tuned (gamma)", "--val-fraction"],
+        [tmp_path],
+    )
+    assert "decoupled-cb-focal-tuned (beta and gamma)" in line
+    assert not out.exists() and not (tmp_path / "cache").exists()  # refused before even reading the data

@@ -14,6 +14,7 @@ import sys
 import pytest
 
 from longtail.config import (
+    Stage2Config,
     TrainConfig,
     check_prediction_options,
     config_differences,
@@ -135,3 +136,95 @@ def test_freeze_blocks_outside_0_to_8_or_with_reestimated_batchnorm_is_refused(s
     with pytest.raises(LongtailError, match=re.escape(expected)):
         TrainConfig(**settings).validate()
     TrainConfig(freeze_blocks=8).validate()
+
+
+# ---------------------------------------------------------------- stage 2: every option given is used
+
+
+@pytest.mark.parametrize(
+    ("settings", "expected"),
+    [
+        (
+            {"loss": "balanced-softmax", "tau": 2.0, "gamma": 5.0},
+            "--tau 2 is not used by --loss balanced-softmax: --tau is for --loss modified-ce and logit-adjusted and "
+            "--method tau-norm and post-hoc-la.*; --gamma 5 is not used by --loss balanced-softmax: --gamma is for "
+            "--loss focal and cb-focal",
+        ),
+        ({"method": "tau-norm", "loss": "focal"}, "--loss focal is not used by --method tau-norm"),
+        ({"method": "post-hoc-la", "loss": "ce"}, "--loss ce is not used by --method post-hoc-la"),
+        ({"method": "lws", "loss": "ce"}, "--loss ce is not used by --method lws.*cross-entropy"),
+        ({"method": "post-hoc-la", "epochs": 50}, "--epochs 50 is not used by --method post-hoc-la, which trains"),
+        ({"method": "tau-norm", "seed": 3}, "--seed 3 is not used by --method tau-norm"),
+        ({"method": "tau-norm", "sampler": "instance"}, "--sampler instance is not used by --method tau-norm"),
+        ({"method": "lws", "tau": 1.0}, "--tau 1 is not used by --method lws"),
+        ({"loss": "focal", "beta": 0.99}, "--beta 0.99 is not used by --loss focal: --beta is for --loss class-bal"),
+        ({"gamma": 2.0}, "--gamma 2 is not used by --loss ce"),
+        ({"loss": "class-balanced", "tau": 1.0}, "--tau 1 is not used by --loss class-balanced"),
+        (
+            {"loss": "balanced-softmax", "tune": True},
+            "--tune is not used by --loss balanced-softmax: balanced-soft"
+            "max has no knob \\(it is logit-adjusted CE at tau = 1\\)",
+        ),  # fmt: skip
+        ({"loss": "modified-ce", "tune": True}, "--tune is not used by --loss modified-ce: its tau is tuned"),
+        ({"loss": "ldam", "tune": True}, "--tune is not used by --loss ldam"),
+        ({"method": "post-hoc-la", "tune": True}, "--tune is not used by --method post-hoc-la"),
+        ({"loss": "focal", "gamma": 2.0, "tune": True}, "--tune leaves nothing to tune: --gamma fix"),
+        ({"loss": "cb-focal", "gamma": 2.0, "beta": 0.99, "tune": True}, "--beta and --gamma fix every knob"),
+    ],
+)
+def test_a_stage2_option_that_nothing_uses_is_refused_naming_it_and_what_uses_it(settings, expected):
+    with pytest.raises(LongtailError, match=expected):
+        Stage2Config(**settings).validate()
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {},
+        {"loss": "focal", "gamma": 2.0},
+        {"loss": "focal", "tune": True},
+        {"loss": "cb-focal", "gamma": 0.5, "tune": True},
+        {"loss": "cb-focal", "beta": 0.999},
+        {"loss": "modified-ce", "tau": 2.0, "epochs": 5, "views": 2, "seed": 1},
+        {"loss": "crt", "sampler": "instance"},
+        {"method": "lws", "epochs": 5, "lr": 0.01, "sampler": "instance"},
+        {"method": "tau-norm", "tau": 0.5},
+        {"method": "post-hoc-la"},
+    ],
+)
+def test_stage2_options_that_are_used_are_accepted(settings):
+    Stage2Config(**settings).validate()
+
+
+def test_stage2_resolved_fills_the_defaults_of_what_is_used_and_clears_the_rest():
+    defaults = Stage2Config.DEFAULTS
+    plain = Stage2Config().resolved()
+    assert (plain.loss, plain.sampler, plain.epochs, plain.batch_size, plain.lr, plain.views, plain.seed) == (
+        "ce", "instance", defaults["epochs"], defaults["batch_size"], defaults["lr"], 0, 0
+    )  # fmt: skip
+    assert (plain.tau, plain.gamma, plain.beta, plain.tune) == (None, None, None, False)
+    assert (defaults["epochs"], defaults["batch_size"], defaults["lr"], defaults["gamma"]) == (30, 128, 1e-3, 1.0)
+    focal = Stage2Config(loss="focal").resolved()
+    assert focal.gamma == 1.0 and focal.tuned_knobs == ()
+    tuned = Stage2Config(loss="cb-focal", tune=True).resolved()
+    assert (tuned.gamma, tuned.beta, tuned.tune, tuned.tuned_knobs) == (None, None, True, ("beta", "gamma"))
+    assert Stage2Config(loss="cb-focal", gamma=2.0, tune=True).resolved().tuned_knobs == ("beta",)
+    assert Stage2Config(loss="modified-ce").resolved().tuned_knobs == ("tau",)
+    post_hoc = Stage2Config(method="post-hoc-la").resolved()
+    assert (post_hoc.loss, post_hoc.sampler, post_hoc.epochs, post_hoc.seed) == (None, None, None, None)
+    assert post_hoc.tuned_knobs == ("tau",)
+    assert Stage2Config(method="lws").resolved().sampler == "class-balanced"
+    for config in (plain, focal, tuned, post_hoc):
+        assert config.resolved() == config  # what run.json records resolves to itself
+
+
+def test_a_stage2_record_from_before_unused_options_were_refused_resolves_to_todays():
+    # Heads recorded before: every option stored, gamma 1.0 and loss "ce" whatever the method.
+    old = {"method": "retrain", "loss": "modified-ce", "sampler": None, "epochs": 30, "batch_size": 128, "lr": 1e-3,
+           "views": 0, "tau": None, "gamma": 1.0, "beta": None, "seed": 2}  # fmt: skip
+    assert from_record(Stage2Config, old).resolved() == Stage2Config(loss="modified-ce", seed=2).resolved()
+    tau_norm = {**old, "method": "tau-norm", "loss": "ce"}
+    assert from_record(Stage2Config, tau_norm).resolved() == Stage2Config(method="tau-norm").resolved()
+    focal = {**old, "loss": "focal"}
+    assert from_record(Stage2Config, focal).resolved() == Stage2Config(loss="focal", seed=2).resolved()
+    assert from_record(Stage2Config, {**focal, "gamma": 2.0}).resolved() != Stage2Config(loss="focal").resolved()

@@ -113,6 +113,38 @@ def test_logit_adjusted_over_a_tau_grid_sums_each_heads_own_loss():
         losses.logit_adjusted_cross_entropy(logits[:, :2], targets, counts, tau=taus)
 
 
+@pytest.mark.parametrize(
+    ("name", "per_head"),
+    [
+        ("focal", {"gamma": [0.0, 0.5, 1.0, 3.0]}),
+        ("class-balanced", {"beta": [0.9, 0.99, 0.999, 0.9999]}),
+        ("cb-focal", {"beta": [0.99, 0.99, 0.9999, 0.99999], "gamma": [0.0, 2.0, 1.0, 0.5]}),
+        ("cb-focal", {"beta": [0.9, 0.999, 0.9999, 0.99999], "gamma": 2.0}),  # one gamma for every head
+    ],
+)
+def test_a_grid_of_heads_sums_each_heads_own_loss_and_gradient(name, per_head):
+    # The losses the tuned grids train with: head k's loss (and so its gradient) is exactly the
+    # loss of that head alone with its own knob values.
+    generator = torch.Generator().manual_seed(2)
+    logits = torch.randn(16, 4, len(CIFAR10_LT_100), generator=generator, dtype=torch.float64, requires_grad=True)
+    targets = torch.randint(0, len(CIFAR10_LT_100), (16,), generator=generator)
+    grid = losses.build_loss(name, CIFAR10_LT_100, **per_head)(logits, targets)
+    (grid_gradient,) = torch.autograd.grad(grid, logits)
+    each, gradients = [], []
+    for k in range(4):
+        values = {knob: v[k] if isinstance(v, list) else v for knob, v in per_head.items()}
+        head = logits[:, k].detach().requires_grad_(True)
+        loss = losses.build_loss(name, CIFAR10_LT_100, **values)(head, targets)
+        each.append(loss.detach())
+        gradients.append(torch.autograd.grad(loss, head)[0])
+    torch.testing.assert_close(grid.detach(), sum(each), atol=1e-12, rtol=0)
+    torch.testing.assert_close(grid_gradient, torch.stack(gradients, dim=1), atol=1e-12, rtol=0)
+    with pytest.raises(LongtailError, match="one per head"):
+        losses.build_loss(
+            name, CIFAR10_LT_100, **{k: v[:3] if isinstance(v, list) else v for k, v in per_head.items()}
+        )(logits, targets)
+
+
 # ---------------------------------------------------------------- focal
 
 

@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
 
 from longtail import report
 from longtail.errors import LongtailError
-from longtail.metrics import HEADLINE, aggregate_seeds, classification_metrics, frequency_groups, headline
+from longtail.metrics import (
+    HEADLINE,
+    aggregate_seeds,
+    classification_metrics,
+    frequency_groups,
+    headline,
+    paired_differences,
+)
 from longtail.report import COMPARISON_HEADER
 
 CIFAR10_LT_100 = [5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50]
@@ -170,9 +178,11 @@ def test_aggregate_seeds_mean_std_and_summed_confusion():
     assert combined["seeds"] == [0, 1] and combined["per_seed"] == [first, second]
     assert combined["accuracy"] == pytest.approx((4 / 7 + 1) / 2, abs=1e-12)
     assert combined["mean"]["accuracy"] == pytest.approx((4 / 7 + 1) / 2, abs=1e-12)
-    assert combined["std"]["accuracy"] == pytest.approx((1 - 4 / 7) / 2, abs=1e-12)  # population std
+    # The sample std (n - 1 = 1 in the denominator): |a - b| / sqrt(2) for two seeds, not |a - b| / 2.
+    assert combined["std"]["accuracy"] == pytest.approx((1 - 4 / 7) / math.sqrt(2), abs=1e-12)
     assert combined["mean"]["macro_f1"] == pytest.approx((11 / 24 + 1) / 2, abs=1e-12)
-    assert combined["std"]["few"] == pytest.approx(0.5, abs=1e-12)  # few: 0 and 1
+    assert combined["std"]["few"] == pytest.approx(1 / math.sqrt(2), abs=1e-12)  # few: 0 and 1
+    assert combined["by_seed"]["accuracy"] == pytest.approx([4 / 7, 1.0], abs=1e-12)
     assert combined["per_class"]["recall"] == approx_list([(r + 1) / 2 for r in RECALL])
     assert combined["confusion_matrix"] == [[5, 1, 0, 0], [0, 3, 1, 0], [0, 0, 2, 0], [1, 0, 0, 1]]
     assert combined["confusion_matrix_normalized"][0] == approx_list([5 / 6, 1 / 6, 0, 0])
@@ -180,11 +190,53 @@ def test_aggregate_seeds_mean_std_and_summed_confusion():
     json.dumps(combined)
 
 
-def test_aggregate_one_seed_has_zero_std():
+def test_aggregate_one_seed_has_no_std():
+    # One seed: the sample standard deviation is not defined, so it is null (never a 0 that would
+    # read as "no spread measured"); the report shows the mean alone.
     single = classification_metrics(Y_TRUE, Y_PRED, NAMES, COUNTS)
     combined = aggregate_seeds([single], [7])
     assert combined["mean"] == pytest.approx(headline(single))
-    assert all(v == 0 for v in combined["std"].values())
+    assert all(v is None for v in combined["std"].values())
+    assert combined["by_seed"]["accuracy"] == [single["accuracy"]]
+    json.dumps(combined, allow_nan=False)
+    row = report.comparison_rows({"baseline": combined})[0]
+    assert row[COMPARISON_HEADER.index("Top-1 (mean ± std)")] == f"{100 * 4 / 7:.2f} (n=1)"
+
+
+def _with_accuracies(accuracies: list[float]) -> list[dict]:
+    """Metrics of one prediction per seed, with ``accuracy`` set by hand (the rest as computed)."""
+    return [{**classification_metrics(Y_TRUE, Y_PRED, NAMES, COUNTS), "accuracy": a} for a in accuracies]
+
+
+def test_sample_std_and_paired_differences_over_three_seeds():
+    # The recorded cpu study's baseline and Reweight top-1 on seeds 0, 1, 2 (RESULTS.md).
+    seeds = [0, 1, 2]
+    baseline = aggregate_seeds(_with_accuracies([0.8195, 0.8122, 0.8236]), seeds)
+    reweight = aggregate_seeds(_with_accuracies([0.8176, 0.8266, 0.8311]), seeds)
+    mean = (0.8195 + 0.8122 + 0.8236) / 3
+    by_hand = math.sqrt(sum((a - mean) ** 2 for a in (0.8195, 0.8122, 0.8236)) / (3 - 1))
+    assert baseline["std"]["accuracy"] == pytest.approx(by_hand, abs=1e-12)  # 0.58 points; population: 0.47
+    assert baseline["std"]["accuracy"] == pytest.approx(float(np.std([0.8195, 0.8122, 0.8236], ddof=1)))
+    gain = paired_differences(reweight, baseline)
+    assert gain["seeds"] == seeds
+    assert [round(100 * d, 2) for d in gain["per_seed"]] == [-0.19, 1.44, 0.75]
+    assert gain["mean"] == pytest.approx(reweight["mean"]["accuracy"] - baseline["mean"]["accuracy"], abs=1e-12)
+    assert gain["std"] == pytest.approx(float(np.std(gain["per_seed"], ddof=1)), abs=1e-12)
+    # Only the seeds both have, in the first one's order; without per-seed values, from per_seed.
+    partial = aggregate_seeds(_with_accuracies([0.83, 0.81]), [2, 0])
+    assert paired_differences(partial, baseline)["per_seed"] == pytest.approx([0.83 - 0.8236, 0.81 - 0.8195])
+    older = {k: v for k, v in reweight.items() if k != "by_seed"}  # results.json written before by_seed
+    assert paired_differences(older, baseline)["per_seed"] == pytest.approx(gain["per_seed"])
+    assert paired_differences(aggregate_seeds(_with_accuracies([0.8]), [5]), baseline) is None
+    one = paired_differences(aggregate_seeds(_with_accuracies([0.8]), [1]), baseline)
+    assert one["per_seed"] == pytest.approx([0.8 - 0.8122]) and one["std"] is None
+    # The report puts the paired differences beside the gain.
+    rows = report.comparison_rows({"baseline": baseline, "reweight": reweight})
+    assert rows[1][COMPARISON_HEADER.index("Δ vs baseline (points)")] == "+0.67"
+    assert rows[1][COMPARISON_HEADER.index("Δ per seed (points)")] == "-0.19 / +1.44 / +0.75"
+    assert rows[1][COMPARISON_HEADER.index("Top-1 (mean ± std)")] == f"{100 * reweight['mean']['accuracy']:.2f} ± " + (
+        f"{100 * reweight['std']['accuracy']:.2f} (n=3)"
+    )
 
 
 def test_aggregate_needs_one_dict_per_seed():

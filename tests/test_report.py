@@ -7,6 +7,7 @@ The metrics come from ``classification_metrics`` on random predictions (fixed nu
 
 from __future__ import annotations
 
+import html
 import re
 import shutil
 import subprocess
@@ -308,3 +309,167 @@ def test_the_title_names_the_data_and_its_imbalance():
         == "Long-tail study: results (defects, natural imbalance)"
     )
     assert report.study_title({}) == "Long-tail study: results"
+
+
+# ---------------------------------------------------------------- fixed vs tuned, balanced vs imbalanced tests
+
+
+def _with_tuned(results: dict) -> dict:
+    """``results`` with what ``reproduce`` adds: per-head stage-2 settings and the tuned results."""
+    strategies = results["strategies"]
+    results["config"]["stage2"] = {
+        "decoupled-modified-ce": {"loss": "modified-ce", "tau": None, "tuned": ["tau"]},
+        "decoupled-balanced-softmax": {"loss": "balanced-softmax", "gamma": None, "beta": None},
+        "decoupled-focal": {"loss": "focal", "gamma": 1.0},
+        "decoupled-focal-tuned": {"loss": "focal", "gamma": None, "tune": True, "tuned": ["gamma"]},
+        "decoupled-cb-focal": {"loss": "cb-focal", "beta": 0.9999, "gamma": 1.0},
+    }
+    modified = strategies["decoupled-modified-ce"]
+    modified["tuned"] = {
+        "accuracy": modified["mean"]["accuracy"],
+        "std": modified["std"]["accuracy"],
+        "accuracy_by_seed": modified["by_seed"]["accuracy"],
+        "seeds": list(SEEDS),
+        "chosen": [{"tau": 3.0}, {"tau": 3.5}],
+        "grid": [{"tau": t} for t in (0.5, 1.0, 3.0, 3.5)],
+        "run": "decoupled-modified-ce",
+    }
+    focal = strategies["decoupled-focal"]
+    by_seed = [a + 0.01 * (k + 1) for k, a in enumerate(focal["by_seed"]["accuracy"])]  # +1 and +2 points
+    strategies["decoupled-focal"]["tuned"] = {
+        "accuracy": float(np.mean(by_seed)),
+        "std": float(np.std(by_seed, ddof=1)),
+        "accuracy_by_seed": by_seed,
+        "seeds": list(SEEDS),
+        "chosen": [{"gamma": 2.0}, {"gamma": 0.5}],
+        "grid": [{"gamma": g} for g in (0.0, 0.5, 1.0, 2.0)],
+        "run": "decoupled-focal-tuned",
+    }
+    cb_focal = strategies["decoupled-cb-focal"]
+    cb_focal["tuned"] = {
+        "accuracy": cb_focal["mean"]["accuracy"],
+        "std": cb_focal["std"]["accuracy"],
+        "accuracy_by_seed": cb_focal["by_seed"]["accuracy"],
+        "seeds": list(SEEDS),
+        "chosen": [{"beta": 0.999, "gamma": 0.5}, {"beta": 0.9999, "gamma": 1.0}],
+        "grid": [{"beta": b, "gamma": g} for b in (0.999, 0.9999) for g in (0.5, 1.0)],
+        "run": "decoupled-cb-focal-tuned",
+    }
+    return results
+
+
+def _table(markdown: str, heading: str) -> list[list[str]]:
+    """The rows (cells) of the first table after ``heading`` in results.md, header first."""
+    lines = markdown.split(heading, 1)[1].splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("|"))
+    rows = []
+    for line in lines[start:]:
+        if not line.startswith("|"):
+            break
+        rows.append([cell.strip() for cell in line.strip().strip("|").split("|")])
+    return [rows[0], *rows[2:]]
+
+
+def test_the_report_shows_fixed_and_tuned_on_validation_side_by_side(tmp_path):
+    results = _with_tuned(_fake_results())
+    report.write_results_markdown(results, tmp_path / "results.md")
+    markdown = (tmp_path / "results.md").read_text(encoding="utf-8")
+    strategies = results["strategies"]
+    # The comparison table: the tuned top-1 beside the fixed one, "—" for a row with no knob.
+    tuned_column = report.COMPARISON_HEADER.index("Top-1 tuned on validation (mean ± std)")
+    focal = strategies["decoupled-focal"]["tuned"]
+    assert (
+        _md_row(markdown, "decoupled-focal")[tuned_column]
+        == f"{100 * focal['accuracy']:.2f} ± {100 * focal['std']:.2f}"
+    )
+    assert _md_row(markdown, "decoupled-balanced-softmax")[tuned_column] == "—"
+    assert _md_row(markdown, "baseline")[tuned_column] == "—"
+    # The table of its own: fixed setting, both top-1s, the paired per-seed gains, what was chosen.
+    header, *rows = _table(markdown, "## Fixed setting vs tuned on validation")
+    assert tuple(header) == report.TUNED_HEADER
+    by_name = {row[0]: row for row in rows}
+    assert list(by_name) == [
+        "decoupled-modified-ce",
+        "decoupled-balanced-softmax",
+        "decoupled-focal",
+        "decoupled-cb-focal",
+    ]
+    row = by_name["decoupled-focal"]
+    assert row[1] == "γ = 1"
+    assert row[2] == report._mean_std(strategies["decoupled-focal"], "accuracy")
+    assert row[4] == "+1.50" and row[5] == "+1.00 / +2.00"
+    assert row[6] == "γ = 2 / γ = 0.5" and row[7] == "γ ∈ {0, 0.5, 1, 2} (4 heads)"
+    assert by_name["decoupled-modified-ce"][1] == "τ tuned on validation (this row)"
+    assert by_name["decoupled-modified-ce"][4:6] == ["+0.00", "+0.00 / +0.00"]
+    assert by_name["decoupled-balanced-softmax"][1] == "no knob: logit-adjusted CE at τ = 1"
+    assert by_name["decoupled-balanced-softmax"][3:] == ["—"] * 5
+    assert by_name["decoupled-cb-focal"][1] == "β = 0.9999, γ = 1"
+    assert by_name["decoupled-cb-focal"][6] == "β = 0.999, γ = 0.5 / β = 0.9999, γ = 1"
+    assert by_name["decoupled-cb-focal"][7] == "β ∈ {0.999, 0.9999} × γ ∈ {0.5, 1} (4 heads)"
+    assert "Balanced Softmax has no knob" in markdown and "sample standard deviation" in markdown
+    # The same in report.html.
+    report.write_report_html(results, tmp_path, environment=ENVIRONMENT)
+    page = (tmp_path / "report.html").read_text(encoding="utf-8")
+    assert "<h2>Fixed setting vs tuned on validation</h2>" in page
+    assert "<td>decoupled-focal</td><td>γ = 1</td>" in page and "<td>+1.00 / +2.00</td>" in page
+
+
+def test_results_without_tuned_results_have_no_tuned_table(rendered):
+    results, out_dir = rendered
+    markdown = (out_dir / "results.md").read_text(encoding="utf-8")
+    assert "Fixed setting vs tuned on validation" not in markdown
+
+
+def _imbalanced_metrics(rng: np.random.Generator) -> dict:
+    """Metrics on a test split with its own imbalance (as --test-fraction holds out of long-tailed data)."""
+    support = [200, 120, 80, 60, 40, 30, 20, 15, 10, 5]
+    y_true = np.repeat(np.arange(len(CLASS_NAMES)), support)
+    y_pred = np.where(rng.random(len(y_true)) < 0.7, y_true, rng.integers(0, len(CLASS_NAMES), len(y_true)))
+    return classification_metrics(y_true, y_pred, CLASS_NAMES, COUNTS)
+
+
+def test_columns_equal_on_a_balanced_test_set_appear_once_and_all_appear_on_an_imbalanced_one(tmp_path):
+    balanced = _fake_results(("baseline", "reweight"))
+    report.write_results_markdown(balanced, tmp_path / "balanced.md")
+    markdown = (tmp_path / "balanced.md").read_text(encoding="utf-8")
+    header = _table(markdown, "## Comparison")[0]
+    assert tuple(header) == report.COMPARISON_HEADER
+    assert {"Balanced accuracy", "Weighted R", "Macro F1"}.isdisjoint(header)
+    assert "The test set is balanced (100 images per class)" in markdown
+    # Those columns would have repeated others: top-1 = balanced accuracy = weighted recall, macro F1 = weighted F1.
+    entry = balanced["strategies"]["baseline"]
+    assert entry["balanced_accuracy"] == pytest.approx(entry["accuracy"]) == entry["weighted"]["recall"]
+    assert entry["macro"]["f1"] == pytest.approx(entry["weighted"]["f1"])
+
+    rng = np.random.default_rng(5)
+    imbalanced = {
+        "config": {"seeds": list(SEEDS)},
+        "strategies": {
+            name: aggregate_seeds([_imbalanced_metrics(rng) for _ in SEEDS], SEEDS) for name in ("baseline", "reweight")
+        },
+    }
+    report.write_results_markdown(imbalanced, tmp_path / "imbalanced.md")
+    markdown = (tmp_path / "imbalanced.md").read_text(encoding="utf-8")
+    header, baseline_row, _ = _table(markdown, "## Comparison")
+    assert tuple(header) == report.COMPARISON_HEADER_IMBALANCED
+    assert {"Balanced accuracy", "Weighted R", "Weighted F1", "Macro F1"} <= set(header)
+    assert "The test set is imbalanced (5 to 200 images per class)" in markdown
+    entry = imbalanced["strategies"]["baseline"]
+    cells = dict(zip(header, baseline_row, strict=True))
+    assert cells["Balanced accuracy"] == report._mean_std(entry, "balanced_accuracy")
+    assert cells["Macro F1"] == report._mean_std(entry, "macro_f1")
+    assert cells["Balanced accuracy"] != cells["Top-1 (mean ± std)"].split(" (n=")[0]
+    assert cells["Macro F1"] != cells["Weighted F1"]
+    report.write_report_html(imbalanced, tmp_path, environment=ENVIRONMENT)
+    page = (tmp_path / "report.html").read_text(encoding="utf-8")
+    assert all(f"<th>{html.escape(column)}</th>" in page for column in report.COMPARISON_HEADER_IMBALANCED)
+
+
+def test_one_seed_shows_the_mean_alone_and_says_why(tmp_path):
+    rng = np.random.default_rng(0)
+    results = {"config": {}, "strategies": {"baseline": aggregate_seeds([_fake_metrics(rng, 0.0)], [0])}}
+    report.write_results_markdown(results, tmp_path / "results.md")
+    markdown = (tmp_path / "results.md").read_text(encoding="utf-8")
+    assert "±" not in _md_row(markdown, "baseline")[2] and _md_row(markdown, "baseline")[2].endswith("(n=1)")
+    assert "one seed has no standard deviation" in markdown
+    report.plot_summary(results["strategies"], tmp_path / "summary.png")  # no error bar, no error

@@ -2,8 +2,9 @@
 small internal configuration (the ``smoke`` preset with overrides: 32 px, 1 epoch, 200 images in
 the head class) on a subset of the official arrays (250 train images per class: 200 for the long
 tail, 50 for validation; 30 test images per class): every strategy of the study is run,
-aggregated and reported; a second invocation finds everything finished and redoes nothing; an
-invocation with other settings into the same directory is refused before it writes anything.
+aggregated and reported, each loss with a knob beside its variant tuned on validation; a second
+invocation finds everything finished and redoes nothing; an invocation with other settings into
+the same directory is refused before it writes anything.
 """
 
 from __future__ import annotations
@@ -30,6 +31,14 @@ STRATEGIES = [
     "decoupled-class-balanced",
     "decoupled-cb-focal",
 ]
+# The study's losses with a knob, each also fitted with it tuned on validation (a run of its own)
+# or, for Modified CE, tuned in its own row; Balanced Softmax has none.
+TUNED = {
+    "decoupled-modified-ce": ("decoupled-modified-ce", ["tau"], 13),
+    "decoupled-focal": ("decoupled-focal-tuned", ["gamma"], 13),
+    "decoupled-class-balanced": ("decoupled-class-balanced-tuned", ["beta"], 13),
+    "decoupled-cb-focal": ("decoupled-cb-focal-tuned", ["beta", "gamma"], 16),
+}
 
 pytestmark = pytest.mark.slow
 
@@ -78,18 +87,47 @@ def test_reproduce_runs_the_whole_study_and_resumes_without_redoing_anything(sub
     for name, entry in results["strategies"].items():
         assert 0.0 <= entry["accuracy"] <= 1.0, name
         assert sum(entry["per_class"]["support"]) == 300, name  # the whole test subset
+    # Each loss with a knob: its tuned result beside the study's row, chosen on validation per seed.
+    for name, (run, knobs, grid_size) in TUNED.items():
+        tuned = results["strategies"][name]["tuned"]
+        assert {"accuracy", "std", "chosen", "grid"} <= set(tuned), name
+        assert 0.0 <= tuned["accuracy"] <= 1.0 and tuned["std"] is None  # one seed: no sample std
+        assert tuned["run"] == run and tuned["accuracy_by_seed"] == [tuned["accuracy"]]
+        assert [sorted(chosen) for chosen in tuned["chosen"]] == [knobs] and len(tuned["grid"]) == grid_size
+        assert tuned["chosen"][0] in tuned["grid"], name
+        record = runs.read_json(out / "seed0" / run / runs.RUN_FILE)
+        assert {k: record["chosen"][k] for k in knobs} == tuned["chosen"][0]
+        metrics = json.loads((out / "seed0" / run / "metrics.json").read_text())
+        assert tuned["accuracy"] == metrics["accuracy"]
+    assert "tuned" not in results["strategies"]["decoupled-balanced-softmax"]
+    assert results["strategies"]["baseline"]["std"]["accuracy"] is None
+    # What stage 2 used, per head: the study's fixed settings and, for the tuned variants, the grid.
+    stage2 = results["config"]["stage2"]
+    assert set(stage2) == {name for name in STRATEGIES if name.startswith("decoupled-")} | {
+        run for run, _, _ in TUNED.values()
+    }
+    assert stage2["decoupled-focal"]["loss"] == "focal" and stage2["decoupled-focal"]["gamma"] == 1.0
+    assert stage2["decoupled-class-balanced"]["beta"] == 0.9999 and stage2["decoupled-cb-focal"]["gamma"] == 1.0
+    assert stage2["decoupled-balanced-softmax"]["gamma"] is None and stage2["decoupled-modified-ce"]["tau"] is None
+    assert stage2["decoupled-focal-tuned"]["tuned"] == ["gamma"] and len(stage2["decoupled-focal-tuned"]["grid"]) == 13
+    assert all("seed" not in settings and settings["lr"] == 1e-3 for settings in stage2.values())  # one lr for all
     assert (out / "results.md").is_file()
-    assert "<html" in (out / "report.html").read_text(encoding="utf-8").lower()
+    page = (out / "report.html").read_text(encoding="utf-8")
+    assert "<html" in page.lower() and "<h2>Fixed setting vs tuned on validation</h2>" in page
     for figure in ("recall_comparison.png", "class_histogram.png", "confusion_decoupled-modified-ce.png"):
         assert (out / "figures" / figure).read_bytes().startswith(b"\x89PNG")
 
     seed_dir = out / "seed0"
+    assert set(results["runs"]) == {f"seed0/{name}" for name in STRATEGIES} | {
+        f"seed0/{run}" for run, _, _ in TUNED.values()
+    }
     for name in STRATEGIES:
         assert runs.read_json(seed_dir / name / runs.RUN_FILE)["status"] == "finished"
         assert (seed_dir / name / "metrics.json").is_file()
         assert not (seed_dir / name / "figures").exists()  # the study draws its figures once, per strategy
-    # The five decoupled heads were fitted together, on the features stage 1 cached.
+    # The five decoupled heads and the tuned variants were fitted together, on the features stage 1 cached.
     decoupled = [name for name in STRATEGIES if name.startswith("decoupled-")]
+    decoupled += [run for run, _, _ in TUNED.values() if run not in decoupled]
     for name in decoupled:
         record = runs.read_json(seed_dir / name / runs.RUN_FILE)
         assert sorted(Path(other).name for other in record["fitted_with"]) == sorted(set(decoupled) - {name})

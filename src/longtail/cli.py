@@ -64,9 +64,10 @@ def _shown(value) -> str:
 
 
 def _default(cls, name: str) -> str:
-    """``"default VALUE"`` of the field ``name`` of the dataclass ``cls``: where the help texts
-    take every default they state, so that they cannot drift from the configuration."""
-    return f"default {_shown(getattr(cls, name))}"
+    """``"default VALUE"`` of the field ``name`` of the dataclass ``cls`` (its ``DEFAULTS`` entry,
+    for a field that is None until resolved): where the help texts take every default they state,
+    so that they cannot drift from the configuration."""
+    return f"default {_shown(getattr(cls, 'DEFAULTS', {}).get(name, getattr(cls, name)))}"
 
 
 def _given(args, names) -> dict:
@@ -78,7 +79,6 @@ def _fields(cls) -> tuple[str, ...]:
     return tuple(field.name for field in dataclasses.fields(cls))
 
 
-# What --strategy's names mean (``longtail.choices.STRATEGIES``: their loss and sampler).
 # The TrainConfig fields the data options set; an option not given leaves the config's default.
 DATA_FIELDS = (
     "imbalance",
@@ -351,12 +351,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     decouple.add_argument("--tau", type=float, help="temperature (default: tuned on the validation split)")
     decouple.add_argument(
-        "--gamma", type=float, help=f"focal gamma of focal and cb-focal ({_default(Stage2Config, 'gamma')})"
+        "--gamma",
+        type=float,
+        help=f"focal gamma of focal and cb-focal ({_default(Stage2Config, 'gamma')}, or tuned with --tune)",
     )
     decouple.add_argument(
         "--beta",
         type=float,
-        help="class-balanced beta (default: the stage-1 run's --decay-value under the cb-beta reading, else 0.9999)",
+        help="class-balanced beta (default: the stage-1 run's --decay-value under the cb-beta reading, else 0.9999; "
+        "or tuned with --tune)",
+    )
+    decouple.add_argument(
+        "--tune",
+        action="store_true",
+        default=None,
+        help="choose the loss's gamma (focal, cb-focal) and beta (class-balanced, cb-focal) that are not given on "
+        "the validation split, each over a grid as large as modified-ce's tau grid (default off: the study's fixed "
+        "gamma 1 and beta)",
     )
     decouple.add_argument(
         "--seed", type=int, help=f"seed of the head's initialisation and sampling ({_default(Stage2Config, 'seed')})"
@@ -559,7 +570,9 @@ def _command_reproduce(args) -> None:
         **settings,
     )
     for name, entry in results["strategies"].items():
-        print(f"{name:<34} top-1 {100 * entry['mean']['accuracy']:6.2f} ± {100 * entry['std']['accuracy']:.2f}")
+        std = entry["std"]["accuracy"]  # the sample std; one seed has none
+        spread = f"± {100 * std:.2f}" if std is not None else "(1 seed)"
+        print(f"{name:<34} top-1 {100 * entry['mean']['accuracy']:6.2f} {spread}")
     print(f"report: {args.out / 'report.html'}, table: {args.out / 'results.md'}")
 
 

@@ -18,7 +18,11 @@ Methods (``--method``):
   class-balanced sampling and CE (Kang et al.).
 - ``post-hoc-la``: post-hoc logit adjustment of the stage-1 classifier, ``z - tau log pi``
   (Menon et al., ICLR 2021).
-Temperatures (``tau``) not given are tuned on the validation split, never on the test set.
+Temperatures (``tau``) not given are tuned on the validation split, never on the test set, and
+so, with ``tune`` (``--tune``), are the focal gamma and the Class-Balanced beta of a loss that has
+them and was not given them: one head per setting of a grid as large as Modified CE's tau grid
+(``tuning_grid``), all trained side by side, the best on validation kept (ties: the setting closest
+to the fixed one). Balanced Softmax has no knob: it is logit-adjusted CE at tau = 1.
 Every resulting head is stored as one plain ``nn.Linear`` (or ``CosineLinear`` for LDAM).
 """
 
@@ -70,6 +74,14 @@ CRT = "crt"  # cross-entropy + class-balanced sampling
 # the grid (RESULTS.md): 2.5 with a short stage 1, then 4.0 on one seed of a three-seed study.
 TAU_GRID_TRAINED = (0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0, 4.5, 5.0, 6.0)
 TAU_GRID_POST_HOC = tuple(round(0.1 * i, 1) for i in range(61))  # 0.0 .. 6.0, free to evaluate
+# The grids of ``tune`` (``longtail decouple --tune``, the study's tuned variants), as many values
+# as TAU_GRID_TRAINED so that every loss gets the same tuning budget as Modified CE's tau:
+# focal's gamma from 0 (plain CE) to 5, the Class-Balanced beta from 0.9 (weights within 0.5% of
+# equal at CIFAR-10-LT's counts) to 0.99999 (within 3% of inverse frequency), log-spaced in 1 - beta;
+# CB-focal's two knobs together on a 4 x 4 grid (16 heads) around the study's (0.9999, 1).
+GAMMA_GRID = (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0, 5.0)
+BETA_GRID = (0.9, 0.95, 0.98, 0.99, 0.995, 0.998, 0.999, 0.9995, 0.9998, 0.9999, 0.99995, 0.99998, 0.99999)
+CB_FOCAL_GRID = tuple((beta, gamma) for beta in (0.99, 0.999, 0.9999, 0.99999) for gamma in (0.0, 0.5, 1.0, 2.0))
 
 
 # ---------------------------------------------------------------- head training
@@ -162,18 +174,59 @@ def _val_accuracy(head: nn.Module, features: Features, val_labels: np.ndarray) -
         return float((head(features.val).argmax(1).numpy() == val_labels).mean())
 
 
-def _tune(candidates: dict[float, nn.Module], features: Features, val_labels: np.ndarray) -> tuple[float, dict]:
-    if len(val_labels) == 0:
-        raise LongtailError(
-            "tuning tau needs a validation split: train stage 1 with --val-per-class > 0, or pass --tau"
-        )
-    scores = {tau: _val_accuracy(head, features, val_labels) for tau, head in candidates.items()}
-    best = max(scores, key=lambda tau: (scores[tau], -abs(tau - 1.0)))  # ties: the value closest to 1
+def tuning_grid(config: Stage2Config) -> list[dict[str, float]]:
+    """The settings a head is chosen among on validation, one dict of its tuned knobs each
+    (``Stage2Config.tuned_knobs``; ``[]`` when nothing is tuned)."""
+    knobs = config.tuned_knobs
+    if not knobs:
+        return []
+    if knobs == ("tau",):
+        return [{"tau": tau} for tau in (TAU_GRID_TRAINED if config.method == "retrain" else TAU_GRID_POST_HOC)]
+    if knobs == ("beta", "gamma"):
+        return [{"beta": beta, "gamma": gamma} for beta, gamma in CB_FOCAL_GRID]
+    (knob,) = knobs
+    return [{knob: value} for value in {"gamma": GAMMA_GRID, "beta": BETA_GRID}[knob]]
+
+
+def _distance(setting: Mapping[str, float], fixed: Mapping[str, float]) -> float:
+    """How far a setting lies from the fixed one (tau 1, gamma 1, the fixed beta): |tau - 1| + |gamma - 1|
+    + |log10(1 - beta) - log10(1 - beta_fixed)|, so a step of 1 in gamma weighs as a factor 10 in 1 - beta."""
+    distance = 0.0
+    for knob, value in setting.items():
+        if knob == "beta":
+            distance += abs(np.log10(1.0 - value) - np.log10(1.0 - fixed["beta"]))
+        else:
+            distance += abs(value - fixed[knob])
+    return float(distance)
+
+
+def _tune(
+    candidates: Sequence[tuple[dict, nn.Module]], features: Features, val_labels: np.ndarray, fixed: Mapping
+) -> tuple[int, list[float]]:
+    """The index of the candidate (setting, head) with the best validation accuracy, and every
+    candidate's accuracy. Ties: the setting closest to the fixed one (``_distance``: tau 1, which
+    is Balanced Softmax; the study's gamma 1 and beta), then the earlier in the grid."""
+    scores = [_val_accuracy(head, features, val_labels) for _, head in candidates]
+    best = max(range(len(candidates)), key=lambda i: (scores[i], -_distance(candidates[i][0], fixed)))
     return best, scores
 
 
+def _tuned_record(settings: Sequence[dict], scores: Sequence[float], best: int) -> dict:
+    """What ``chosen`` records of a head tuned on validation: the chosen values, which knobs were
+    tuned and the validation accuracy of every setting (by tau, as always, for a temperature)."""
+    knobs = list(settings[0])
+    record = {**settings[best], "tuned": knobs}
+    if knobs == ["tau"]:
+        record["val_accuracy_by_tau"] = {s["tau"]: score for s, score in zip(settings, scores, strict=True)}
+    else:
+        record["val_accuracy_by_setting"] = [
+            {**s, "val_accuracy": score} for s, score in zip(settings, scores, strict=True)
+        ]
+    return record
+
+
 def _retrain_loss_name(config: Stage2Config) -> str:
-    return {CRT: "ce", "modified-ce": MODIFIED_CE}.get(config.loss, config.loss)
+    return {CRT: "ce", "modified-ce": MODIFIED_CE}.get(config.resolved_loss, config.resolved_loss)
 
 
 def _trains_in_a_grid(config: Stage2Config) -> bool:
@@ -182,6 +235,7 @@ def _trains_in_a_grid(config: Stage2Config) -> bool:
 
 
 def _training_options(config: Stage2Config) -> dict:
+    """The options of ``train_head`` (of a resolved config)."""
     return dict(
         sampler=config.resolved_sampler,
         epochs=config.epochs,
@@ -201,59 +255,66 @@ def _fetch(features: Features) -> Callable[[torch.Tensor, torch.Tensor], torch.T
     return lambda positions, views: features.train[views, positions]
 
 
-def _hyperparameters(config: Stage2Config, default_beta: float) -> dict:
-    """The loss hyperparameters of a head: its gamma, and its beta or else ``default_beta``."""
-    return dict(gamma=config.gamma, beta=default_beta if config.beta is None else config.beta)
+def _fixed(config: Stage2Config, default_beta: float) -> dict[str, float]:
+    """The knobs of a resolved config's loss that are not tuned, with their values (a beta left
+    to the stage-1 run: ``default_beta``)."""
+    values = {"tau": config.tau, "gamma": config.gamma, "beta": default_beta if config.beta is None else config.beta}
+    return {knob: values[knob] for knob in config.knobs if knob not in config.tuned_knobs}
+
+
+def _reference(default_beta: float) -> dict[str, float]:
+    """The fixed setting a tuned knob's ties are broken towards (``_tune``)."""
+    return {"tau": 1.0, "gamma": Stage2Config.DEFAULTS["gamma"], "beta": default_beta}
 
 
 def _fit_retrain_grid(
     configs: Sequence[Stage2Config], features: Features, dataset: Dataset, default_beta: float
 ) -> list[tuple]:
-    """The retrain heads of ``configs`` (all with one ``_batches_key``), trained side by side in
-    one ``HeadGrid``: one head per config, or one per tau of ``TAU_GRID_TRAINED`` for a
-    logit-adjusted loss whose tau is to be tuned on validation."""
+    """The retrain heads of ``configs`` (resolved, all with one ``_batches_key``), trained side by
+    side in one ``HeadGrid``: one head per config, or one per setting of ``tuning_grid`` for a
+    config whose knobs are tuned on validation (each block's loss vectorised over its settings)."""
     counts = dataset.split.train_counts
-    blocks = []  # per config: (loss name, its taus, loss on its (B, len(taus), C) block of the logits)
+    blocks = []  # per config: (loss name, its settings, loss on its (B, len(settings), C) block of the logits)
     for config in configs:
-        loss_name = _retrain_loss_name(config)
-        hyper = _hyperparameters(config, default_beta)
-        if loss_name == "logit-adjusted" and config.tau is None:
-            blocks.append((loss_name, TAU_GRID_TRAINED, build_loss(loss_name, counts, tau=TAU_GRID_TRAINED, **hyper)))
-            continue
-        tau = 1.0 if config.tau is None else config.tau
-        single = build_loss(loss_name, counts, tau=tau, **hyper)
-        blocks.append((loss_name, (tau,), lambda logits, y, single=single: single(logits[:, 0], y)))
-    bounds = np.cumsum([0, *(len(taus) for _, taus, _ in blocks)]).tolist()
+        loss_name, fixed = _retrain_loss_name(config), _fixed(config, default_beta)
+        settings = [{**fixed, **point} for point in tuning_grid(config)] or [fixed]
+        if len(settings) == 1:
+            single = build_loss(loss_name, counts, **fixed)
+            blocks.append((loss_name, settings, lambda logits, y, single=single: single(logits[:, 0], y)))
+        else:
+            per_head = {knob: [setting[knob] for setting in settings] for knob in settings[0]}
+            blocks.append((loss_name, settings, build_loss(loss_name, counts, **per_head)))
+    bounds = np.cumsum([0, *(len(settings) for _, settings, _ in blocks)]).tolist()
     spans = list(zip(bounds[:-1], bounds[1:], strict=True))
 
     def grid_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return sum(loss(logits[:, a:b], y) for (_, _, loss), (a, b) in zip(blocks, spans, strict=True))
 
-    first = configs[0]
     grid = train_head(
-        HeadGrid(_fresh_head(len(counts), False, first.seed), bounds[-1]),
+        HeadGrid(_fresh_head(len(counts), False, configs[0].seed), bounds[-1]),
         _fetch(features),
         torch.from_numpy(dataset.train_labels),
         grid_loss,
-        **_training_options(first),
+        **_training_options(configs[0]),
     )
     heads = grid.heads()
-    val_labels = dataset.arrays.y_train[dataset.split.val]
+    val_labels = dataset.val_labels
     fitted = []
-    for (loss_name, taus, _), (a, b) in zip(blocks, spans, strict=True):
+    for config, (loss_name, settings, _), (a, b) in zip(configs, blocks, spans, strict=True):
         if b - a == 1:
-            fitted.append((heads[a], {"loss": loss_name, "tau": taus[0] if loss_name == "logit-adjusted" else None}))
+            fitted.append((heads[a], {"loss": loss_name, **settings[0]}))
             continue
-        candidates = dict(zip(taus, heads[a:b], strict=True))
-        tau, scores = _tune(candidates, features, val_labels)
-        fitted.append((candidates[tau], {"loss": loss_name, "tau": tau, "val_accuracy_by_tau": scores}))
+        points = tuning_grid(config)
+        best, scores = _tune(list(zip(points, heads[a:b], strict=True)), features, val_labels, _reference(default_beta))
+        fitted.append((heads[a + best], {"loss": loss_name, **settings[best], **_tuned_record(points, scores, best)}))
     return fitted
 
 
 def _fit_alone(
     config: Stage2Config, stage1_head: nn.Module, features: Features, dataset: Dataset, default_beta: float
 ) -> tuple[nn.Module, dict]:
-    """A stage-2 head that does not train in a grid: LDAM's cosine head, LWS, tau-norm, post-hoc-la."""
+    """A stage-2 head (of a resolved config) that does not train in a grid: LDAM's cosine head,
+    LWS, tau-norm, post-hoc-la."""
     counts = dataset.split.train_counts
     labels = torch.from_numpy(dataset.train_labels)
     if config.method == "retrain":  # a cosine head
@@ -262,10 +323,10 @@ def _fit_alone(
             _fresh_head(len(counts), True, config.seed),
             _fetch(features),
             labels,
-            build_loss(loss_name, counts, **_hyperparameters(config, default_beta)),
+            build_loss(loss_name, counts, **_fixed(config, default_beta)),
             **_training_options(config),
         )
-        return head, {"loss": loss_name, "tau": None}
+        return head, {"loss": loss_name, **_fixed(config, default_beta)}
     weight, bias = stage1_head.weight.detach(), stage1_head.bias.detach()
     if config.method == "lws":
         scaled = ScaledLinear(weight, bias)
@@ -285,9 +346,10 @@ def _fit_alone(
 
     if config.tau is not None:
         return make(config.tau), {"tau": config.tau}
-    candidates = {tau: make(tau) for tau in TAU_GRID_POST_HOC}
-    tau, scores = _tune(candidates, features, dataset.arrays.y_train[dataset.split.val])
-    return candidates[tau], {"tau": tau, "val_accuracy_by_tau": scores}
+    points = tuning_grid(config)
+    candidates = [(point, make(point["tau"])) for point in points]
+    best, scores = _tune(candidates, features, dataset.val_labels, _reference(default_beta))
+    return candidates[best][1], _tuned_record(points, scores, best)
 
 
 def fit_stage2_heads(
@@ -297,13 +359,22 @@ def fit_stage2_heads(
     dataset: Dataset,
     default_beta: float = 0.9999,
 ) -> list[tuple[nn.Module, dict]]:
-    """The stage-2 head of each config and a record of what was chosen (tau, validation scores).
+    """The stage-2 head of each config and a record of what it used and what was chosen on
+    validation (tau, gamma, beta and the validation scores of every setting tried).
     ``default_beta``: the Class-Balanced beta of configs that leave it to the stage-1 run.
 
     Retrain heads that share their batches (same sampler, epochs, batch size, lr, seed and
     views) are trained side by side in one ``HeadGrid``, each with its own loss: the same heads
     as trained one by one, up to float rounding, at one optimizer step per batch for them all.
     """
+    configs = [config.resolved() for config in configs]
+    if len(dataset.split.val) == 0:  # before any training
+        for config in configs:
+            if config.tuned_knobs:
+                knobs, flags = " and ".join(config.tuned_knobs), " or ".join(f"--{k}" for k in config.tuned_knobs)
+                raise LongtailError(
+                    f"tuning {knobs} needs a validation split: train stage 1 with --val-per-class > 0, or pass {flags}"
+                )
     fitted: list = [None] * len(configs)
     grids: dict[tuple, list[int]] = {}
     for index, config in enumerate(configs):
@@ -317,13 +388,6 @@ def fit_stage2_heads(
         ):
             fitted[index] = result
     return fitted
-
-
-def fit_stage2(
-    config: Stage2Config, stage1_head: nn.Module, features: Features, dataset: Dataset, default_beta: float = 0.9999
-) -> tuple[nn.Module, dict]:
-    """The stage-2 head for ``config`` and a record of what was chosen (tau, validation scores)."""
-    return fit_stage2_heads([config], stage1_head, features, dataset, default_beta)[0]
 
 
 # ---------------------------------------------------------------- run directories
@@ -349,6 +413,79 @@ def _stage1_features(
     )
 
 
+def _check_request(stage1_dir: Path, runs: Mapping[Path, Stage2Config], overwrite: bool) -> None:
+    """Every config valid, and no run directory that may not be written (changing nothing)."""
+    for config in runs.values():
+        config.validate()
+    for out in runs:
+        if Path(out).resolve() == stage1_dir:
+            raise LongtailError(f"--out {out} is the stage-1 run itself; give the stage-2 head a directory of its own")
+        check_run_dir(Path(out), resume=False, overwrite=overwrite, kind="decouple")
+
+
+def _check_against_stage1(stage1_dir: Path, stage1_config: TrainConfig, dataset: Dataset, runs: Mapping) -> None:
+    """What the heads need of the stage-1 run: a linear classifier for the methods that reuse it,
+    and a validation split for every knob tuned on validation."""
+    for config in runs.values():
+        if uses_cosine_head(stage1_config) and config.method != "retrain":
+            raise LongtailError(
+                f"{config.method} needs a linear stage-1 classifier; {stage1_dir} has LDAM's cosine "
+                "head: use --method retrain"
+            )
+    if len(dataset.split.val) == 0:
+        for out, config in runs.items():
+            if config.tuned_knobs:
+                knobs = " and ".join(config.tuned_knobs)
+                raise LongtailError(
+                    f"{out}: tuning {knobs} needs a validation split, and {stage1_dir} has none (stage 1 trained "
+                    f"with --val-per-class 0): pass {' and '.join('--' + k for k in config.tuned_knobs)}, or train "
+                    "stage 1 with a validation split"
+                )
+
+
+def _record(out: Path, config: Stage2Config, chosen: dict, stage1_dir: Path, stage1: tuple, context: dict) -> dict:
+    """The run.json of a fitted stage-2 head: the config it used (resolved), what it chose, its provenance."""
+    stage1_config, _, stage1_run = stage1
+    used = config.resolved()
+    return {
+        "kind": "decouple",
+        "status": "finished",
+        "stage1": str(stage1_dir),
+        "stage1_model_sha256": stage1_run.get("model_sha256"),
+        "config": dataclasses.asdict(used),
+        "sampler": used.resolved_sampler,
+        "beta": chosen.get("beta"),
+        "feature_image_size": run_test_size(stage1_run, stage1_config),
+        "chosen": chosen,
+        "feature_seconds": context["feature_seconds"],
+        "head_seconds": context["head_seconds"],
+        "fitted_with": [str(other) for other in context["outs"] if other != out],
+    }
+
+
+def _new_directories(path: Path) -> list[Path]:
+    """``path`` and its ancestors that do not exist yet, deepest first."""
+    missing = []
+    while not path.exists() and path != path.parent:
+        missing.append(path)
+        path = path.parent
+    return missing
+
+
+def _remove_unwritten(created: Mapping[Path, list[Path]], written: set[Path]) -> None:
+    """After a failure: the run directories this call created and wrote nothing into (a lock
+    file aside) go again, with the folders made for them."""
+    for out, directories in created.items():
+        if out in written or not directories:
+            continue
+        (out / ".lock").unlink(missing_ok=True)
+        for directory in directories:
+            try:
+                directory.rmdir()  # only when empty: never anything another process put there
+            except OSError:
+                break
+
+
 def decouple_many(
     stage1_dir: Path,
     runs: Mapping[Path, Stage2Config],
@@ -361,60 +498,49 @@ def decouple_many(
     config; each directory gets run.json, head.pt, metrics.json and (with ``figures``) the
     figures. The features are loaded once and the heads fitted by ``fit_stage2_heads`` (heads
     that share their batches train side by side); every run records its equal share of the
-    feature and fitting time. Returns each run's test metrics."""
-    for config in runs.values():
-        config.validate()
-    stage1_dir, outs = Path(stage1_dir).resolve(), [Path(out) for out in runs]
-    configs = list(runs.values())
-    # Everything that can fail on bad input happens before a run directory is touched.
-    for out in outs:
-        if out.resolve() == stage1_dir:
-            raise LongtailError(f"--out {out} is the stage-1 run itself; give the stage-2 head a directory of its own")
-        check_run_dir(out, resume=False, overwrite=overwrite, kind="decouple")
-    stage1_config, dataset, stage1_run = load_finished_stage1(stage1_dir, cache_dir)
-    for config in configs:
-        if uses_cosine_head(stage1_config) and config.method != "retrain":
-            raise LongtailError(
-                f"{config.method} needs a linear stage-1 classifier; {stage1_dir} has LDAM's cosine "
-                "head: use --method retrain"
-            )
+    feature and fitting time. Returns each run's test metrics.
+
+    Everything that can fail on bad input fails before a run directory is touched; a directory
+    this call creates is removed again if fitting fails, and a run to ``overwrite`` is replaced
+    only once its new head is fitted."""
+    stage1_dir, runs = Path(stage1_dir).resolve(), {Path(out): config for out, config in runs.items()}
+    _check_request(stage1_dir, runs, overwrite)
+    stage1 = load_finished_stage1(stage1_dir, cache_dir)
+    stage1_config, dataset, stage1_run = stage1
+    _check_against_stage1(stage1_dir, stage1_config, dataset, runs)
     stage1_head = load_trained_classifier(stage1_dir, stage1_config, dataset.arrays.num_classes)
     default_beta = class_balanced_beta(stage1_config)
-    with ExitStack() as locks:
-        locks.enter_context(RunLock(stage1_dir))  # its features.pt may be extended
-        for out in outs:
-            locks.enter_context(RunLock(out))
-            prepare_run_dir(out, resume=False, overwrite=overwrite, kind="decouple")
-        started = time.perf_counter()
-        views = max(config.views for config in configs)
-        features = _stage1_features(stage1_dir, stage1_config, dataset, stage1_run, views, cache_dir)
-        feature_seconds = time.perf_counter() - started
-        started = time.perf_counter()
-        fitted = fit_stage2_heads(configs, stage1_head, features, dataset, default_beta)
-        head_seconds = time.perf_counter() - started
-        metrics = {}
-        for out, config, (head, chosen) in zip(outs, configs, fitted, strict=True):
-            cosine = not isinstance(head, nn.Linear)
-            atomic_torch_save(out / "head.pt", {"state_dict": head.state_dict(), "cosine": cosine})
-            atomic_write_json(
-                out / RUN_FILE,
-                {
-                    "kind": "decouple",
-                    "status": "finished",
-                    "stage1": str(stage1_dir),
-                    "stage1_model_sha256": stage1_run.get("model_sha256"),
-                    "config": dataclasses.asdict(config),
-                    "sampler": config.resolved_sampler,
-                    "beta": _hyperparameters(config, default_beta)["beta"],
-                    "feature_image_size": run_test_size(stage1_run, stage1_config),
-                    "chosen": chosen,
-                    "feature_seconds": feature_seconds / len(outs),
-                    "head_seconds": head_seconds / len(outs),
-                    "fitted_with": [str(other) for other in outs if other != out],
-                },
-            )
-            metrics[out] = _evaluate_head(out, head, features, dataset, figures, stage1_config.groups)
-        return metrics
+    created = {out: _new_directories(out) for out in runs}
+    written: set[Path] = set()
+    try:
+        with ExitStack() as locks:
+            locks.enter_context(RunLock(stage1_dir))  # its features.pt may be extended
+            for out in runs:
+                locks.enter_context(RunLock(out))
+                check_run_dir(out, resume=False, overwrite=overwrite, kind="decouple")  # now under its lock
+            started = time.perf_counter()
+            views = max(config.resolved().views or 0 for config in runs.values())
+            features = _stage1_features(stage1_dir, stage1_config, dataset, stage1_run, views, cache_dir)
+            feature_seconds = time.perf_counter() - started
+            started = time.perf_counter()
+            fitted = fit_stage2_heads(list(runs.values()), stage1_head, features, dataset, default_beta)
+            context = {
+                "feature_seconds": feature_seconds / len(runs),
+                "head_seconds": (time.perf_counter() - started) / len(runs),
+                "outs": list(runs),
+            }
+            metrics = {}
+            for (out, config), (head, chosen) in zip(runs.items(), fitted, strict=True):
+                prepare_run_dir(out, resume=False, overwrite=overwrite, kind="decouple")
+                written.add(out)
+                cosine = not isinstance(head, nn.Linear)
+                atomic_torch_save(out / "head.pt", {"state_dict": head.state_dict(), "cosine": cosine})
+                atomic_write_json(out / RUN_FILE, _record(out, config, chosen, stage1_dir, stage1, context))
+                metrics[out] = _evaluate_head(out, head, features, dataset, figures, stage1_config.groups)
+            return metrics
+    except BaseException:
+        _remove_unwritten(created, written)
+        raise
 
 
 def decouple(

@@ -4,8 +4,13 @@ Every loss takes ``logits`` (B, C), integer ``targets`` (B,) and returns the mea
 batch. Losses that need the training class counts ``n_c`` receive them explicitly. The
 registry at the bottom (``LOSSES``, ``build_loss``) builds them by the names of
 ``longtail.choices.LOSS_NAMES``, the torch-free list the command line offers (the tests check
-the two agree); the command line, the configuration files and the Python API all use these
-names.
+the two agree); the command line (``--loss``, ``--strategy``), the recorded ``run.json`` files and
+the Python API all use these names.
+
+Heads trained side by side (``longtail.decouple.HeadGrid``): logit-adjusted CE, focal,
+class-balanced CE and class-balanced focal also take (B, K, C) logits of K heads with one value
+of their knob per head (a sequence of K), and return ``sum_k L_k``, each ``L_k`` head k's batch
+mean: head k's gradient is its own loss's.
 
 Conventions
 - ``pi_c = n_c / sum(n)`` is the training class prior.
@@ -75,6 +80,26 @@ def _weighted_mean(per_sample: Tensor, targets: Tensor, weights: Tensor | None) 
     return (weights.to(per_sample)[targets] * per_sample).mean()
 
 
+def _per_head(value: float | Sequence[float], logits: Tensor, what: str) -> Tensor:
+    """One value per head of (B, K, C) ``logits``: a number for every head, or a sequence of K."""
+    if logits.ndim != 3:
+        raise LongtailError(f"heads side by side need logits of shape (B, K, C), got {tuple(logits.shape)}")
+    count = logits.shape[1]
+    values = [float(value)] * count if isinstance(value, (int, float)) else [float(v) for v in value]
+    if len(values) != count:
+        raise LongtailError(f"{len(values)} values of {what} for {count} heads: give one per head")
+    return torch.tensor(values, dtype=logits.dtype, device=logits.device)
+
+
+def _sum_of_head_means(per_sample: Tensor, targets: Tensor, weights: Tensor | None) -> Tensor:
+    """``sum_k mean_i w_{k, y_i} loss_{i, k}`` for per-sample losses (B, K) and per-head class
+    weights (K, C) (or one row (C,) for every head, or none)."""
+    if weights is not None:
+        weights = weights.to(per_sample)
+        per_sample = (weights[targets][:, None] if weights.ndim == 1 else weights[:, targets].t()) * per_sample
+    return per_sample.mean(0).sum()
+
+
 # ---------------------------------------------------------------- the losses
 
 
@@ -120,24 +145,59 @@ def focal(logits: Tensor, targets: Tensor, gamma: float = 1.0, weights: Tensor |
     Detection"): ``L = -(1 - p_y) ** gamma * log p_y`` with ``p = softmax(z)``.
 
     ``gamma = 0`` is cross-entropy. ``weights`` (per class) turns it into ``w_y * L``.
+
+    On (B, K, C) logits of K heads: ``gamma`` one value or one per head, ``weights`` (C,) or one
+    row per head (K, C); the result is ``sum_k L_k``.
     """
+    if logits.ndim == 3:
+        gammas = _per_head(gamma, logits, "gamma")
+        index = targets[:, None, None].expand(-1, logits.shape[1], 1)
+        log_p_true = F.log_softmax(logits, dim=2).gather(2, index).squeeze(2)  # (B, K)
+        per_sample = -torch.pow(1.0 - log_p_true.exp(), gammas) * log_p_true
+        return _sum_of_head_means(per_sample, targets, weights)
     log_p_true = F.log_softmax(logits, dim=1).gather(1, targets[:, None]).squeeze(1)
     per_sample = -torch.pow(1.0 - log_p_true.exp(), gamma) * log_p_true
     return _weighted_mean(per_sample, targets, weights)
 
 
-def class_balanced_cross_entropy(logits: Tensor, targets: Tensor, class_counts, beta: float = 0.9999) -> Tensor:
+def _class_balanced_grid(class_counts, beta, logits: Tensor) -> Tensor:
+    """The class-balanced weights of each head of (B, K, C) logits, (K, C): one beta or one per head."""
+    betas = _per_head(beta, logits, "beta").tolist()
+    return torch.stack([class_balanced_weights(class_counts, b) for b in betas])
+
+
+def class_balanced_cross_entropy(
+    logits: Tensor, targets: Tensor, class_counts, beta: float | Sequence[float] = 0.9999
+) -> Tensor:
     """Class-Balanced cross-entropy (Cui et al., CVPR 2019):
-    ``L = w_y * CE(z, y)`` with ``w_c = (1 - beta) / (1 - beta ** n_c)`` normalised to sum to C."""
+    ``L = w_y * CE(z, y)`` with ``w_c = (1 - beta) / (1 - beta ** n_c)`` normalised to sum to C.
+
+    On (B, K, C) logits of K heads, ``beta`` one value or one per head; the result is ``sum_k L_k``.
+    """
+    if logits.ndim == 3:
+        count = logits.shape[1]
+        weights = _class_balanced_grid(class_counts, beta, logits)
+        per_sample = F.cross_entropy(logits.flatten(0, 1), targets.repeat_interleave(count), reduction="none")
+        return _sum_of_head_means(per_sample.view(-1, count), targets, weights)
     weights = class_balanced_weights(class_counts, beta)
     return _weighted_mean(F.cross_entropy(logits, targets, reduction="none"), targets, weights)
 
 
 def class_balanced_focal(
-    logits: Tensor, targets: Tensor, class_counts, beta: float = 0.9999, gamma: float = 1.0
+    logits: Tensor,
+    targets: Tensor,
+    class_counts,
+    beta: float | Sequence[float] = 0.9999,
+    gamma: float | Sequence[float] = 1.0,
 ) -> Tensor:
     """Class-Balanced focal loss (Cui et al., CVPR 2019, with Lin et al.'s focal term, softmax
-    form): ``L = -w_y (1 - p_y) ** gamma log p_y`` with the class-balanced ``w``."""
+    form): ``L = -w_y (1 - p_y) ** gamma log p_y`` with the class-balanced ``w``.
+
+    On (B, K, C) logits of K heads, ``beta`` and ``gamma`` one value or one per head (head k
+    trained with ``beta[k]`` and ``gamma[k]``); the result is ``sum_k L_k``.
+    """
+    if logits.ndim == 3:
+        return focal(logits, targets, gamma=gamma, weights=_class_balanced_grid(class_counts, beta, logits))
     return focal(logits, targets, gamma=gamma, weights=class_balanced_weights(class_counts, beta))
 
 
@@ -239,6 +299,8 @@ def build_loss(name: str, class_counts: Sequence[int], **hyperparameters) -> Los
     """Build the loss called ``name`` for training counts ``class_counts``.
 
     Hyperparameters by keyword: ``gamma`` (focal), ``beta`` (class-balanced), ``tau``
-    (logit-adjusted), ``ldam_scale``, ``ldam_max_margin``, ``weights`` (LDAM-DRW).
+    (logit-adjusted), ``ldam_scale``, ``ldam_max_margin``, ``weights`` (LDAM-DRW). ``tau``,
+    ``gamma`` and ``beta`` may be sequences, one value per head of (B, K, C) logits (see the
+    module's docstring).
     """
     return loss_spec(name).build(list(class_counts), **hyperparameters)

@@ -157,8 +157,11 @@ def aggregate_seeds(per_seed: Sequence[dict], seeds: Sequence[int]) -> dict:
 
     The result has every key of a single ``metrics.json``, where lists and scalars are the mean
     over seeds and ``confusion_matrix`` is the sum of counts (its normalised form recomputed);
-    plus ``seeds``, ``per_seed`` (the individual metrics) and ``mean``/``std`` of the
-    ``HEADLINE`` numbers (population std, 0 for one seed; ``None`` for an empty frequency group).
+    plus ``seeds``, ``per_seed`` (the individual metrics), ``by_seed`` (each ``HEADLINE`` number's
+    value per seed, in the order of ``seeds``) and ``mean``/``std`` of the ``HEADLINE`` numbers.
+    ``std`` is the **sample** standard deviation over seeds (n - 1 in the denominator: the seeds
+    are a sample of the runs one could make), ``None`` for a single seed, where it is not
+    defined; any statistic of an empty frequency group is ``None`` too.
     """
     if not per_seed or len(per_seed) != len(seeds):
         raise LongtailError(f"need one metrics dict per seed, got {len(per_seed)} for seeds {list(seeds)}")
@@ -170,6 +173,9 @@ def aggregate_seeds(per_seed: Sequence[dict], seeds: Sequence[int]) -> dict:
     def over_seeds(statistic, key):  # None where the number is None (an empty frequency group)
         values = [h[key] for h in headlines]
         return None if None in values else float(statistic(values))
+
+    def sample_std(values):
+        return np.std(values, ddof=1)
 
     counts = np.sum([m["confusion_matrix"] for m in per_seed], axis=0)
     headlines = [headline(m) for m in per_seed]
@@ -188,6 +194,32 @@ def aggregate_seeds(per_seed: Sequence[dict], seeds: Sequence[int]) -> dict:
         "train_counts": first["train_counts"],
         "seeds": [int(s) for s in seeds],
         "per_seed": list(per_seed),
+        "by_seed": {k: [h[k] for h in headlines] for k in HEADLINE},
         "mean": {k: over_seeds(np.mean, k) for k in HEADLINE},
-        "std": {k: over_seeds(np.std, k) for k in HEADLINE},
+        "std": {k: None if len(per_seed) < 2 else over_seeds(sample_std, k) for k in HEADLINE},
+    }
+
+
+def paired_differences(entry: dict, reference: dict, key: str = "accuracy") -> dict | None:
+    """The paired per-seed differences ``entry - reference`` of a ``HEADLINE`` number between two
+    aggregated strategies (``aggregate_seeds``), on the seeds both have, in ``entry``'s order:
+    ``seeds``, ``per_seed``, their ``mean`` (= the difference of the means on those seeds) and
+    sample ``std`` (``None`` for one seed). ``None`` when they share no seed or the number is
+    ``None`` (an empty frequency group)."""
+
+    def values(aggregated):
+        if "by_seed" in aggregated:
+            return dict(zip(aggregated["seeds"], aggregated["by_seed"][key], strict=True))
+        return {seed: headline(m)[key] for seed, m in zip(aggregated["seeds"], aggregated["per_seed"], strict=True)}
+
+    mine, theirs = values(entry), values(reference)
+    seeds = [seed for seed in entry["seeds"] if seed in theirs]
+    if not seeds or any(mine[s] is None or theirs[s] is None for s in seeds):
+        return None
+    differences = [float(mine[s] - theirs[s]) for s in seeds]
+    return {
+        "seeds": seeds,
+        "per_seed": differences,
+        "mean": float(np.mean(differences)),
+        "std": float(np.std(differences, ddof=1)) if len(differences) > 1 else None,
     }

@@ -20,6 +20,8 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
+from longtail.config import LOSS_KNOBS
+from longtail.metrics import paired_differences
 from longtail.runs import atomic_write_bytes
 
 # Numbers the study reported (fractions); strategies or metrics not listed were not reported.
@@ -29,11 +31,25 @@ STUDY_REPORTED: dict[str, dict[str, float]] = {
     "decoupled-modified-ce": {"accuracy": 0.9378},
 }
 
+# The comparison table on a balanced test set (CIFAR-10's): there balanced accuracy and weighted
+# recall equal top-1 and macro F1 equals weighted F1, so each appears once; on an imbalanced test
+# split they differ and every one appears (COMPARISON_HEADER_IMBALANCED).
 COMPARISON_HEADER = (
     "Strategy",
     "Study top-1",
     "Top-1 (mean ± std)",
     "Δ vs baseline (points)",
+    "Δ per seed (points)",
+    "Top-1 tuned on validation (mean ± std)",
+    "Weighted P",
+    "Weighted F1",
+    "Many",
+    "Medium",
+    "Few",
+)
+COMPARISON_HEADER_IMBALANCED = (
+    *COMPARISON_HEADER[:6],
+    "Balanced accuracy",
     "Weighted P",
     "Weighted R",
     "Weighted F1",
@@ -42,10 +58,30 @@ COMPARISON_HEADER = (
     "Medium",
     "Few",
 )
+TUNED_HEADER = (
+    "Strategy",
+    "Fixed setting",
+    "Top-1, fixed (mean ± std)",
+    "Top-1, tuned on validation (mean ± std)",
+    "Tuned − fixed (points)",
+    "Tuned − fixed per seed (points)",
+    "Chosen on validation (per seed)",
+    "Grid",
+)
 STUDY_HEADER = ("Strategy", "Metric", "Study", "Ours (mean ± std)", "Ours − study (points)")
 PER_CLASS_HEADER = ("Class", "Train count", "Precision", "Recall", "F1")
 
-_MEAN_STD_KEYS = ("weighted_precision", "weighted_recall", "weighted_f1", "macro_f1", "many", "medium", "few")
+_MEAN_STD_COLUMNS = {  # columns of the comparison table that show a HEADLINE number's mean ± std
+    "Balanced accuracy": "balanced_accuracy",
+    "Weighted P": "weighted_precision",
+    "Weighted R": "weighted_recall",
+    "Weighted F1": "weighted_f1",
+    "Macro F1": "macro_f1",
+    "Many": "many",
+    "Medium": "medium",
+    "Few": "few",
+}
+_SYMBOLS = {"tau": "τ", "gamma": "γ", "beta": "β"}
 _METRIC_LABELS = {"accuracy": "Top-1", "weighted_f1": "Weighted F1"}
 _NONE = "—"  # a number the study did not report, or a frequency group with no class
 _DPI = 100
@@ -182,8 +218,8 @@ def plot_summary(strategies: Mapping[str, dict], path) -> Path:
     fig = Figure(figsize=(12, 0.45 * len(names) + 2.2), layout="constrained")
     top1, groups = fig.subplots(1, 2, width_ratios=(1.1, 1))
     means = [100 * strategies[n]["mean"]["accuracy"] for n in names]
-    stds = [100 * strategies[n]["std"]["accuracy"] for n in names]
-    top1.barh(y, means, xerr=stds, color="tab:blue", alpha=0.8, capsize=3, label="ours (mean ± std over seeds)")
+    stds = [100 * (strategies[n]["std"]["accuracy"] or 0.0) for n in names]  # one seed: no error bar
+    top1.barh(y, means, xerr=stds, color="tab:blue", alpha=0.8, capsize=3, label="ours (mean ± sample std over seeds)")
     # Our value inside its bar (beside it when the bar is too short to hold it) and the study's
     # beside its diamond, so the two never overlap.
     for row, mean, std in zip(y, means, stds, strict=True):
@@ -281,30 +317,114 @@ def _pct(value: float) -> str:
 
 
 def _mean_std(entry: dict, key: str) -> str:
-    """``mean ± std`` over seeds of a headline number, in % (``—`` where it has none)."""
+    """``mean ± std`` over seeds of a headline number, in % (``—`` where it has none; the mean
+    alone for one seed, which has no std)."""
     if entry["mean"][key] is None:
         return _NONE
-    return f"{_pct(entry['mean'][key])} ± {_pct(entry['std'][key])}"
+    std = entry["std"][key]
+    return _pct(entry["mean"][key]) if std is None else f"{_pct(entry['mean'][key])} ± {_pct(std)}"
 
 
-def _comparison_row(name: str, entry: dict, baseline_accuracy: float | None) -> list[str]:
-    """One strategy's row of the comparison table."""
+def _points(values) -> str:
+    """Differences (fractions) in percentage points, signed, ``a / b / c``."""
+    return " / ".join(f"{100 * value:+.2f}" for value in values)
+
+
+def balanced_test(strategies: Mapping[str, dict]) -> bool:
+    """Whether every class has the same number of test images (mean over seeds), in every strategy."""
+    supports = [np.asarray(entry["per_class"]["support"], dtype=float) for entry in strategies.values()]
+    return all(np.ptp(support) < 1e-9 for support in supports)
+
+
+def comparison_header(strategies: Mapping[str, dict]) -> tuple[str, ...]:
+    """The comparison table's columns: ``COMPARISON_HEADER`` on a balanced test set, else
+    ``COMPARISON_HEADER_IMBALANCED``."""
+    return COMPARISON_HEADER if balanced_test(strategies) else COMPARISON_HEADER_IMBALANCED
+
+
+def _tuned_top1(entry: dict) -> str:
+    """Top-1 of a row's tuned result, mean ± std in % (``—`` for a row with no knob)."""
+    tuned = entry.get("tuned")
+    if tuned is None:
+        return _NONE
+    std = tuned["std"]
+    return _pct(tuned["accuracy"]) if std is None else f"{_pct(tuned['accuracy'])} ± {_pct(std)}"
+
+
+def _comparison_row(name: str, entry: dict, baseline: dict | None, header: Sequence[str]) -> list[str]:
+    """One strategy's row of the comparison table (``header``'s columns)."""
     study = STUDY_REPORTED.get(name, {}).get("accuracy")
-    delta = "" if baseline_accuracy is None else f"{100 * (entry['mean']['accuracy'] - baseline_accuracy):+.2f}"
-    return [
-        name,
-        _NONE if study is None else _pct(study),
-        f"{_mean_std(entry, 'accuracy')} (n={len(entry['seeds'])})",
-        delta,
-        *(_mean_std(entry, key) for key in _MEAN_STD_KEYS),
-    ]
+    paired = paired_differences(entry, baseline) if baseline is not None and entry is not baseline else None
+    cells = {
+        "Strategy": name,
+        "Study top-1": _NONE if study is None else _pct(study),
+        "Top-1 (mean ± std)": f"{_mean_std(entry, 'accuracy')} (n={len(entry['seeds'])})",
+        "Δ vs baseline (points)": ""
+        if baseline is None
+        else f"{100 * (entry['mean']['accuracy'] - baseline['mean']['accuracy']):+.2f}",
+        "Δ per seed (points)": "" if paired is None else _points(paired["per_seed"]),
+        "Top-1 tuned on validation (mean ± std)": _tuned_top1(entry),
+    }
+    return [cells[column] if column in cells else _mean_std(entry, _MEAN_STD_COLUMNS[column]) for column in header]
 
 
 def comparison_rows(strategies: Mapping[str, dict]) -> list[list[str]]:
-    """Rows of the comparison table (``COMPARISON_HEADER``); Δ is versus our ``baseline`` mean top-1."""
+    """Rows of the comparison table (``comparison_header``); Δ is versus our ``baseline`` mean
+    top-1, with the paired per-seed differences beside it."""
+    header = comparison_header(strategies)
     baseline = strategies.get("baseline")
-    baseline_accuracy = baseline["mean"]["accuracy"] if baseline else None
-    return [_comparison_row(name, entry, baseline_accuracy) for name, entry in strategies.items()]
+    return [_comparison_row(name, entry, baseline, header) for name, entry in strategies.items()]
+
+
+def _setting(values: Mapping[str, float]) -> str:
+    return ", ".join(f"{_SYMBOLS.get(knob, knob)} = {value:g}" for knob, value in values.items())
+
+
+def _grid_text(grid: Sequence[Mapping[str, float]]) -> str:
+    """A tuning grid in short: ``γ ∈ {0, 0.25, …} (13)``, or a product ``β ∈ {…} × γ ∈ {…} (16)``."""
+    knobs = list(grid[0]) if grid else []
+    values = {knob: list(dict.fromkeys(point[knob] for point in grid)) for knob in knobs}
+    parts = [f"{_SYMBOLS.get(knob, knob)} ∈ {{{', '.join(f'{v:g}' for v in values[knob])}}}" for knob in knobs]
+    return f"{' × '.join(parts)} ({len(grid)} heads)" if parts else _NONE
+
+
+def _fixed_setting(name: str, entry: dict, settings: Mapping | None) -> str:
+    """What the study's row of a stage-2 head fixes (``results.json``'s ``config.stage2``)."""
+    tuned = entry.get("tuned")
+    if tuned is not None and tuned.get("run") == name:
+        return f"{', '.join(_SYMBOLS.get(k, k) for k in tuned['grid'][0])} tuned on validation (this row)"
+    if settings is None:
+        return _NONE
+    knobs = LOSS_KNOBS.get(settings.get("loss"), ())
+    if not knobs:
+        if settings.get("loss") == "balanced-softmax":
+            return "no knob: logit-adjusted CE at τ = 1"
+        return "no knob"
+    return _setting({knob: settings[knob] for knob in knobs if settings.get(knob) is not None}) or _NONE
+
+
+def tuned_rows(results: dict) -> list[list[str]]:
+    """Rows (``TUNED_HEADER``): each stage-2 row of the study at its fixed setting beside the same
+    loss with its knobs tuned on validation, the paired per-seed differences and what was chosen."""
+    strategies = results["strategies"]
+    stage2 = results.get("config", {}).get("stage2") or {}
+    stage2 = stage2 if all(isinstance(v, dict) for v in stage2.values()) else {}  # older: one shared config
+    rows = []
+    for name, entry in strategies.items():
+        tuned = entry.get("tuned")
+        if tuned is None and name not in stage2:
+            continue
+        row = [name, _fixed_setting(name, entry, stage2.get(name)), f"{_mean_std(entry, 'accuracy')}"]
+        if tuned is None:
+            rows.append([*row, _NONE, _NONE, _NONE, _NONE, _NONE])
+            continue
+        fixed = dict(zip(entry["seeds"], entry["by_seed"]["accuracy"], strict=True))
+        gains = [accuracy - fixed[seed] for seed, accuracy in zip(tuned["seeds"], tuned["accuracy_by_seed"],
+                                                                   strict=True)]  # fmt: skip
+        chosen = " / ".join(_setting(values) or _NONE for values in tuned["chosen"])
+        mean_gain = f"{100 * float(np.mean(gains)):+.2f}"
+        rows.append([*row, _tuned_top1(entry), mean_gain, _points(gains), chosen, _grid_text(tuned["grid"])])
+    return rows
 
 
 def study_rows(strategies: Mapping[str, dict]) -> list[list[str]]:
@@ -341,13 +461,39 @@ def _format_value(value) -> str:
 
 
 def _seed_note(strategies: Mapping[str, dict]) -> str:
-    """A sentence saying what the table numbers are."""
+    """Sentences saying what the table numbers are, and which columns a balanced test set merges."""
     counts = sorted({len(entry["seeds"]) for entry in strategies.values()})
+    seeds = next(iter(strategies.values()))["seeds"]
+    support = np.asarray(next(iter(strategies.values()))["per_class"]["support"], dtype=float)
+    if balanced_test(strategies):
+        test = (
+            f"The test set is balanced ({support[0]:g} images per class), so balanced accuracy and weighted recall "
+            "equal top-1 and macro F1 equals weighted F1: each appears once."
+        )
+    else:
+        test = (
+            f"The test set is imbalanced ({support.min():g} to {support.max():g} images per class), so balanced "
+            "accuracy (mean per-class recall) and macro F1 (every class weighed equally) differ from top-1 and "
+            "the weighted averages (classes weighed by their test images): all appear."
+        )
     return (
-        f"Values in %; mean ± population std over seeds (n = {', '.join(map(str, counts))}). "
-        "Δ is in percentage points versus our baseline's mean top-1. Many/Medium/Few: mean recall of the "
-        "classes in each frequency group."
+        f"Values in %; mean ± sample standard deviation over seeds (n − 1 in the denominator; n = "
+        f"{', '.join(map(str, counts))}; one seed has no standard deviation, so its mean stands alone). "
+        "Δ is in percentage points versus our baseline's mean top-1; Δ per seed gives the paired differences "
+        f"from the baseline of the same seed (seeds {', '.join(map(str, seeds))}). Tuned on validation: the "
+        "same loss with its knob chosen on the validation split (table below). Many/Medium/Few: mean recall of "
+        f"the classes in each frequency group. {test}"
     )
+
+
+_TUNED_NOTE = (
+    "The study's rows keep the study's settings (fixed); beside each, the same loss with its knobs chosen on the "
+    "balanced validation split alone, per seed, among a grid about as large as Modified CE's τ grid (13 values; "
+    "16 for CB-focal's two knobs), ties going to the setting closest to the fixed one. The tuned heads train "
+    "side by side with the fixed ones, on the same features, batches and learning rate, so the differences are "
+    "paired per seed. Balanced Softmax has no knob: it is logit-adjusted CE at τ = 1, the untuned point of "
+    "Modified CE's grid; Modified CE's own row is already tuned on validation."
+)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -399,9 +545,11 @@ def run_rows(runs: Mapping[str, dict]) -> list[list[str]]:
             chosen = ", ".join(f"{size}: {_pct(acc)}" for size, acc in grid.items())
             rows.append([name, "stage 1", schedule, str(run["test_image_size"]), chosen or _NONE])
         else:
-            tau = (run.get("chosen") or {}).get("tau")
+            chosen = run.get("chosen") or {}
+            knobs = chosen.get("tuned", ["tau"] if chosen.get("tau") is not None else [])
+            picked = ", ".join(f"{knob} {chosen[knob]}" for knob in knobs)
             rows.append([name, f"stage 2 on {run['stage1']}", _NONE, str(run.get("feature_image_size")),
-                         _NONE if tau is None else f"tau {tau}"])  # fmt: skip
+                         picked or _NONE])  # fmt: skip
     return rows
 
 
@@ -419,12 +567,16 @@ def write_results_markdown(results: dict, path) -> None:
         "![Top-1 and many/medium/few by strategy](figures/summary.png)",
     ]
     lines += ["", "## Comparison", "", _seed_note(strategies), ""]
-    lines += _md_table(COMPARISON_HEADER, comparison_rows(strategies))
+    lines += _md_table(comparison_header(strategies), comparison_rows(strategies))
+    if tuned_rows(results):
+        lines += ["", "## Fixed setting vs tuned on validation", "", _TUNED_NOTE, ""]
+        lines += _md_table(TUNED_HEADER, tuned_rows(results))
     lines += ["", "## Study-reported numbers", ""]
     lines += _md_table(STUDY_HEADER, study_rows(strategies))
     if results.get("strategies_tta_flip"):
+        flipped = results["strategies_tta_flip"]
         lines += ["", "## With flip test-time augmentation", "", _TTA_NOTE, ""]
-        lines += _md_table(COMPARISON_HEADER, comparison_rows(results["strategies_tta_flip"]))
+        lines += _md_table(comparison_header(flipped), comparison_rows(flipped))
     lines += ["", "## Per-class results (mean over seeds, %)"]
     for name, entry in strategies.items():
         lines += ["", f"### {name}", ""] + _md_table(PER_CLASS_HEADER, per_class_rows(entry))
@@ -522,16 +674,21 @@ def write_report_html(results: dict, out_dir, *, environment: dict, figures: Map
         ),  # fmt: skip
         "<h2>Comparison</h2>",
         f'<p class="note">{html.escape(_seed_note(strategies))}</p>',
-        f'<div class="scroll">{_html_table(COMPARISON_HEADER, comparison_rows(strategies))}</div>',
-        "<h2>Study-reported numbers</h2>",
-        _html_table(STUDY_HEADER, study_rows(strategies)),
+        f'<div class="scroll">{_html_table(comparison_header(strategies), comparison_rows(strategies))}</div>',
     ]
+    if tuned_rows(results):
+        body += [
+            "<h2>Fixed setting vs tuned on validation</h2>",
+            f'<p class="note">{html.escape(_TUNED_NOTE)}</p>',
+            f'<div class="scroll">{_html_table(TUNED_HEADER, tuned_rows(results))}</div>',
+        ]
+    body += ["<h2>Study-reported numbers</h2>", _html_table(STUDY_HEADER, study_rows(strategies))]
     if results.get("strategies_tta_flip"):
-        flipped = comparison_rows(results["strategies_tta_flip"])
+        flipped = results["strategies_tta_flip"]
         body += [
             "<h2>With flip test-time augmentation</h2>",
             f'<p class="note">{html.escape(_TTA_NOTE)}</p>',
-            f'<div class="scroll">{_html_table(COMPARISON_HEADER, flipped)}</div>',
+            f'<div class="scroll">{_html_table(comparison_header(flipped), comparison_rows(flipped))}</div>',
         ]
     body += [
         "<h2>Figures</h2>",

@@ -23,7 +23,7 @@ def split_summary(dataset, grouping: str) -> dict:
     and smallest training count and ``imbalance_factor`` their ratio.
     """
     arrays, split = dataset.arrays, dataset.split
-    val = np.bincount(arrays.y_train[split.val], minlength=arrays.num_classes)
+    val = np.bincount(dataset.val_labels, minlength=arrays.num_classes)
     test = np.bincount(dataset.test_labels, minlength=arrays.num_classes)
     group_of = {c: group for group, members in frequency_groups(split.train_counts, grouping).items() for c in members}
     classes = [
