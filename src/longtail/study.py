@@ -201,15 +201,6 @@ def _check_stage1(run: Stage1Run, data_sha256: str, weights_sha256: str | None) 
         raise _mismatch(run.directory, differences)
 
 
-def _used_by(recorded: dict) -> dict:
-    """A recorded stage-2 config in the form run.json records today (``Stage2Config.resolved``):
-    heads recorded before it, with options their method or loss never used, compare equal."""
-    try:
-        return dataclasses.asdict(from_record(Stage2Config, recorded).resolved())
-    except TypeError:  # fields that are not Stage2Config's: compared as they are, so they differ
-        return recorded
-
-
 def _check_stage2(group: Stage2Group, seed_dir: Path) -> None:
     stage1 = _recorded(group.stage1)
     stage1_done = stage1 is not None and stage1.get("status") == "finished"
@@ -219,7 +210,7 @@ def _check_stage2(group: Stage2Group, seed_dir: Path) -> None:
             continue
         if record.get("kind") != "decouple" or not isinstance(record.get("config"), dict):
             raise _mismatch(seed_dir / name, {"kind": (record.get("kind"), "decouple")})
-        differences = config_differences(_used_by(record["config"]), config.resolved())
+        differences = config_differences(record["config"], config.resolved())
         if record.get("stage1") != str(group.stage1.resolve()):
             differences["stage1"] = (record.get("stage1"), str(group.stage1.resolve()))
         if record.get("status") == "finished":
