@@ -216,15 +216,3 @@ def test_stage2_resolved_fills_the_defaults_of_what_is_used_and_clears_the_rest(
     assert Stage2Config(method="lws").resolved().sampler == "class-balanced"
     for config in (plain, focal, tuned, post_hoc):
         assert config.resolved() == config  # what run.json records resolves to itself
-
-
-def test_a_stage2_record_from_before_unused_options_were_refused_resolves_to_todays():
-    # Heads recorded before: every option stored, gamma 1.0 and loss "ce" whatever the method.
-    old = {"method": "retrain", "loss": "modified-ce", "sampler": None, "epochs": 30, "batch_size": 128, "lr": 1e-3,
-           "views": 0, "tau": None, "gamma": 1.0, "beta": None, "seed": 2}  # fmt: skip
-    assert from_record(Stage2Config, old).resolved() == Stage2Config(loss="modified-ce", seed=2).resolved()
-    tau_norm = {**old, "method": "tau-norm", "loss": "ce"}
-    assert from_record(Stage2Config, tau_norm).resolved() == Stage2Config(method="tau-norm").resolved()
-    focal = {**old, "loss": "focal"}
-    assert from_record(Stage2Config, focal).resolved() == Stage2Config(loss="focal", seed=2).resolved()
-    assert from_record(Stage2Config, {**focal, "gamma": 2.0}).resolved() != Stage2Config(loss="focal").resolved()

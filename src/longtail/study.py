@@ -351,7 +351,7 @@ def _stage2_settings(groups: list[Stage2Group], out: Path, seed: int) -> dict:
     for group in groups:
         for name, config in group.heads.items():
             record = read_json(out / f"seed{seed}" / name / RUN_FILE)
-            used = {k: v for k, v in _used_by(record["config"]).items() if k != "seed"}
+            used = {k: v for k, v in record["config"].items() if k != "seed"}
             if "beta" in config.knobs and "beta" not in config.tuned_knobs and used["beta"] is None:
                 used["beta"] = record.get("beta")  # the stage-1 run's
             if config.tuned_knobs:
