@@ -473,9 +473,13 @@ def no_validation_run(workspace) -> Path:
 @pytest.mark.parametrize(
     ("options", "names"),
     [
-        (["--loss", "modified-ce"], ["tuning tau needs a validation split", "--val-per-class 0", "--tau"]),
-        (["--loss", "focal", "--tune"], ["tuning gamma needs a validation split", "--gamma"]),
-        (["--method", "post-hoc-la"], ["tuning tau needs a validation split"]),
+        (
+            ["--loss", "modified-ce"],
+            ["choosing tau and the feature size needs a validation split", "--val-per-class 0", "--tau"],
+        ),
+        (["--loss", "focal", "--tune"], ["choosing gamma and the feature size needs a validation split", "--gamma"]),
+        (["--method", "post-hoc-la"], ["choosing tau and the feature size needs a validation split"]),
+        (["--loss", "ce"], ["choosing the feature size needs a validation split", "--feature-size stage1"]),
     ],
 )
 def test_decouple_without_a_validation_split_refuses_to_tune_before_making_its_directory(
@@ -485,8 +489,9 @@ def test_decouple_without_a_validation_split_refuses_to_tune_before_making_its_d
     argv = ["decouple", str(no_validation_run), "--out", str(out), "--cache-dir", str(workspace["cache"]), *options]
     _assert_refused(argv, [str(out), *names], [tmp_path, no_validation_run])
     assert not (tmp_path / "new").exists()
-    # A given temperature needs no validation split.
-    status, _, stderr = _call([*argv[: -len(options)], "--loss", "modified-ce", "--tau", "1", "--epochs", "1"])
+    # A given temperature and feature size need no validation split.
+    given = ["--loss", "modified-ce", "--tau", "1", "--feature-size", "stage1", "--epochs", "1"]
+    status, _, stderr = _call([*argv[: -len(options)], *given])
     assert status == 0, stderr
 
 
@@ -533,6 +538,7 @@ def test_decouple_tune_records_what_it_chose_and_what_it_used(workspace, tmp_pat
     record = json.loads((fixed / "run.json").read_text())
     assert (record["config"]["tau"], record["config"]["gamma"], record["config"]["beta"]) == (None, None, None)
     assert (record["config"]["epochs"], record["config"]["lr"], record["config"]["seed"]) == (1, 1e-3, 0)
+    assert record["chosen"].pop("feature_size_grid").keys() == {"32", "48"}  # the stage-1 test size and 16 px up
     assert record["chosen"] == {"loss": "balanced-softmax"} and record["beta"] is None
 
 
@@ -541,8 +547,14 @@ def test_reproduce_finds_a_missing_validation_split_before_any_training(workspac
     argv = ["reproduce", "--data", str(workspace["npz"]), "--weights", "none", "--val-per-class", "0"]
     line = _assert_refused(
         [*argv, "--out", str(out), "--cache-dir", str(tmp_path / "cache")],
-        ["--val-per-class 0", "decoupled-modified-ce (tau)", "decoupled-focal-tuned (gamma)", "--val-fraction"],
+        [
+            "--val-per-class 0",
+            "decoupled-modified-ce (tau and the feature size)",
+            "decoupled-focal-tuned (gamma and the feature size)",
+            "decoupled-balanced-softmax (the feature size)",
+            "--val-fraction",
+        ],
         [tmp_path],
     )
-    assert "decoupled-cb-focal-tuned (beta and gamma)" in line
+    assert "decoupled-cb-focal-tuned (beta and gamma and the feature size)" in line
     assert not out.exists() and not (tmp_path / "cache").exists()  # refused before even reading the data

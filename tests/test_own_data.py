@@ -240,9 +240,10 @@ def test_predict_single_files_with_the_stage2_head_as_json(stage1, stage2, folde
     assert code == 0, err
     document = json.loads(out.read_text())
     assert document["head"] == str(stage2) and document["top_k"] == 3 and document["unreadable"] == []
-    assert document["store_size"] == [64, 64] and document["image_size"] == run["test_image_size"]
+    head_size = runs.read_json(stage2 / runs.RUN_FILE)["test_image_size"]  # the head's own feature size
+    assert document["store_size"] == [64, 64] and document["image_size"] == head_size
     assert [entry["path"] for entry in document["predictions"]] == list(map(str, files))
-    cached = runs.torch_load(stage1 / feature_file(run["test_image_size"]))
+    cached = runs.torch_load(stage1 / feature_file(head_size))
     expected = _probabilities(apply_head(load_head(stage2, 10), cached["test"][:2]))
     for entry, chances in zip(document["predictions"], expected, strict=True):
         assert [top["class"] for top in entry["top"]] == [data.CIFAR10_CLASSES[c] for c in np.argsort(-chances)[:3]]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,7 +14,7 @@ import torch
 
 from longtail import runs
 from longtail.artifacts import load_trained_model
-from longtail.config import TrainConfig
+from longtail.config import Stage2Config, TrainConfig
 from longtail.data import dataset as dataset_module
 from longtail.evaluation import evaluate_run
 from longtail.features import feature_file, features_and_logits
@@ -113,3 +114,61 @@ def test_test_images_and_labels_cannot_move_the_choice(finished_run, monkeypatch
     rechosen = runs.read_json(copy / runs.RUN_FILE)
     assert {k: rechosen[k] for k in choice} == choice
     assert metrics["accuracy"] != accuracy  # the test set did change
+
+
+# ---------------------------------------------------------------- stage 2 at its own size
+
+
+def test_stage2_feature_size_is_chosen_on_validation_and_test_images_cannot_move_it(
+    finished_run, monkeypatch, tmp_path
+):
+    """``--feature-size auto`` fits each head at the stage-1 test size and 16 px either side and
+    keeps the size of its best validation accuracy; scrambling the test set leaves every choice."""
+    from longtail.decouple import decouple_many, feature_sizes
+
+    run_dir, cache = finished_run
+    stage1_size = runs.read_json(run_dir / runs.RUN_FILE)["test_image_size"]
+    configs = {"modified-ce": Stage2Config(loss="modified-ce", epochs=3), "ce": Stage2Config(epochs=3)}
+
+    def fit(stage1: Path, where: Path) -> dict:
+        metrics = decouple_many(
+            stage1, {where / name: c for name, c in configs.items()}, cache_dir=cache, figures=False
+        )
+        records = {name: runs.read_json(where / name / runs.RUN_FILE) for name in configs}
+        for name, record in records.items():
+            grid = {int(size): score for size, score in record["chosen"]["feature_size_grid"].items()}
+            assert sorted(grid) == feature_sizes(configs[name], stage1_size)
+            best = max(grid.values())
+            assert (
+                record["test_image_size"]
+                == record["feature_image_size"]
+                == min(grid, key=lambda size: (grid[size] != best, abs(size - stage1_size), size))
+            )
+            assert metrics[where / name]["test_image_size"] == record["test_image_size"]
+        return {name: (r["test_image_size"], r["chosen"]) for name, r in records.items()}, metrics
+
+    chosen, metrics = fit(run_dir, tmp_path / "plain")
+    for name in configs:  # each size's features are cached in a file of their own
+        assert (run_dir / feature_file(chosen[name][0])).exists()
+
+    real_load = dataset_module.load_arrays
+
+    def scrambled(*args, **kwargs):  # the same training and validation images, other test images and labels
+        arrays = real_load(*args, **kwargs)
+        rng = np.random.default_rng(2)
+        return dataclasses.replace(
+            arrays,
+            x_test=rng.integers(0, 256, arrays.x_test.shape, dtype=np.uint8),
+            y_test=rng.permutation(arrays.y_test),
+        )
+
+    monkeypatch.setattr(dataset_module, "load_arrays", scrambled)
+    import shutil
+
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    for cached in copy.glob("features-*px.pt"):
+        cached.unlink()
+    again, scrambled_metrics = fit(copy, tmp_path / "scrambled")
+    assert again == chosen
+    assert [m["accuracy"] for m in scrambled_metrics.values()] != [m["accuracy"] for m in metrics.values()]

@@ -37,6 +37,7 @@ from longtail.config import (
     TrainConfig,
     check_int,
     check_prediction_options,
+    parse_feature_size,
     parse_imbalance,
     parse_size_schedule,
     parse_test_size,
@@ -360,6 +361,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         help="class-balanced beta (default: the stage-1 run's --decay-value under the cb-beta reading, else 0.9999; "
         "or tuned with --tune)",
+    )
+    decouple.add_argument(
+        "--feature-size",
+        type=parse_feature_size,
+        help="input size of the head's features: auto (the stage-1 test size and one 16-px step either side, the "
+        "best on the head's own validation accuracy), stage1 (the stage-1 test size) or a number of pixels "
+        f"({_default(Stage2Config, 'feature_size')})",
     )
     decouple.add_argument(
         "--tune",

@@ -42,6 +42,9 @@ MAX_FREEZE_BLOCKS = 8
 # input, which upsamples), up to the largest input size.
 MIN_STORE_SIZE, MAX_STORE_SIZE = 16, MAX_IMAGE_SIZE
 TEST_SIZE_MODES = ("auto", "train")
+# Input size of a stage-2 head's features (``--feature-size``): "auto" (chosen on the validation split
+# among the stage-1 test size and one 16-px step either side), "stage1" (the stage-1 test size) or N px.
+FEATURE_SIZE_MODES = ("auto", "stage1")
 
 
 # ---------------------------------------------------------------- checks shared by both configs
@@ -239,6 +242,25 @@ def parse_imbalance(text: str) -> float | str:
         raise LongtailError(f"--imbalance must be a number >= 1 or natural, got '{text}'") from None
 
 
+def validation_choices(names: tuple[str, ...]) -> tuple[str, str]:
+    """``(what, options)`` of the settings a head leaves to the validation split
+    (``Stage2Config.chosen_on_validation``), for a message: "tau and the feature size", and the
+    options that would fix them, "--tau and --feature-size stage1"."""
+    what = " and ".join("the feature size" if name == "feature_size" else name for name in names)
+    options = " and ".join("--feature-size stage1" if name == "feature_size" else f"--{name}" for name in names)
+    return what, options
+
+
+def parse_feature_size(text: str) -> int | str:
+    """The command line's ``--feature-size``: auto, stage1 or a number of pixels."""
+    if text in FEATURE_SIZE_MODES:
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise LongtailError(f"--feature-size must be auto, stage1 or a number of pixels, got '{text}'") from None
+
+
 def parse_test_size(text: str) -> int | str:
     """The command line's ``--test-size``: auto, train or a number of pixels."""
     if text in TEST_SIZE_MODES:
@@ -299,9 +321,10 @@ class Stage2Config:
     beta: float | None = None  # None: the stage-1 run's --decay-value under the cb-beta reading, else 0.9999
     tune: bool = False  # tune the loss's gamma and beta that are not given on validation
     seed: int | None = None
+    feature_size: int | str | None = None  # None: auto (FEATURE_SIZE_MODES)
 
     DEFAULTS: ClassVar[dict] = {"loss": "ce", "epochs": 30, "batch_size": 128, "lr": 1e-3, "views": 0, "gamma": 1.0,
-                                "seed": 0}  # fmt: skip
+                                "seed": 0, "feature_size": "auto"}  # fmt: skip
 
     def validate(self) -> None:
         """Check every value, then that every option given is used by the method and loss."""
@@ -321,6 +344,8 @@ class Stage2Config:
             check_float("gamma", self.gamma, 0.0, 100.0)
         if self.beta is not None:
             check_float("beta", self.beta, 0.0, 1.0, high_open=True)
+        if self.feature_size is not None and self.feature_size not in FEATURE_SIZE_MODES:
+            check_int("feature_size", self.feature_size, MIN_IMAGE_SIZE, MAX_IMAGE_SIZE)
         if not isinstance(self.tune, bool):
             raise LongtailError(f"--tune is a switch (True or False), got {self.tune!r}")
         unused = self._unused()
@@ -431,7 +456,15 @@ class Stage2Config:
             beta=self.beta if "beta" in knobs else None,
             tune=bool(self.tune) and any(knob in TUNABLE for knob in self.tuned_knobs),
             seed=training("seed"),
+            feature_size=self.feature_size if self.feature_size is not None else self.DEFAULTS["feature_size"],
         )
+
+    @property
+    def chosen_on_validation(self) -> tuple[str, ...]:
+        """The options the validation split decides: the tuned knobs, and the feature size under
+        ``--feature-size auto`` (the default)."""
+        auto = (self.feature_size if self.feature_size is not None else self.DEFAULTS["feature_size"]) == "auto"
+        return self.tuned_knobs + (("feature_size",) if auto else ())
 
 
 # ---------------------------------------------------------------- longtail predict

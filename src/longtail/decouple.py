@@ -48,13 +48,14 @@ from longtail.artifacts import (
     run_test_size,
     stage1_of,
 )
-from longtail.config import Stage2Config, TrainConfig
+from longtail.config import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE, Stage2Config, TrainConfig, validation_choices
 from longtail.data import Dataset
 from longtail.errors import LongtailError
 from longtail.evaluation import save_evaluation
 from longtail.features import Features, apply_head, load_or_extract_features
 from longtail.losses import MODIFIED_CE, build_loss, loss_spec
 from longtail.models import make_head
+from longtail.resolution import GRID_STEP
 from longtail.runs import (
     RUN_FILE,
     RunLock,
@@ -62,6 +63,7 @@ from longtail.runs import (
     atomic_write_json,
     check_run_dir,
     prepare_run_dir,
+    read_json,
 )
 from longtail.runtime import Runtime
 from longtail.samplers import epoch_generator, epoch_order
@@ -394,11 +396,18 @@ def fit_stage2_heads(
 
 
 def _stage1_features(
-    stage1_dir: Path, stage1_config: TrainConfig, dataset: Dataset, stage1_run: dict, views: int, cache_dir: Path | None
+    stage1_dir: Path,
+    stage1: tuple,
+    views: int,
+    cache_dir: Path | None,
+    image_size: int,
+    test: bool = True,
 ) -> Features:
-    """The stage-1 run's features at its test size (with the mirrored test images under
-    ``--tta flip``); its network is built only when some are not cached yet. Call it holding the
-    stage-1 run's lock: it may rewrite the run's ``features.pt``."""
+    """The stage-1 run's features at ``image_size`` (with the mirrored test images under ``--tta
+    flip``; ``test=False``: the train and validation features alone); its network is built only
+    when some are not cached yet. Call it holding the stage-1 run's lock: it may rewrite the run's
+    feature cache."""
+    stage1_config, dataset, stage1_run = stage1
     runtime = Runtime.create()
     return load_or_extract_features(
         stage1_dir,
@@ -408,9 +417,51 @@ def _stage1_features(
         stage1_config.seed,
         views,
         runtime,
-        run_test_size(stage1_run, stage1_config),
+        image_size,
         flip=stage1_config.tta == "flip",
+        test=test,
     )
+
+
+def feature_sizes(config: Stage2Config, stage1_size: int) -> list[int]:
+    """The input sizes a head's features are tried at. ``--feature-size auto``: the stage-1 test
+    size and one 16-px step either side (``longtail.resolution.GRID_STEP``), the best on the
+    head's own validation accuracy kept; ``stage1``: the stage-1 test size; N: N px."""
+    size = config.resolved().feature_size
+    if size == "auto":
+        around = (stage1_size - GRID_STEP, stage1_size, stage1_size + GRID_STEP)
+        return [s for s in around if MIN_IMAGE_SIZE <= s <= MAX_IMAGE_SIZE]
+    return [stage1_size if size == "stage1" else int(size)]
+
+
+def _fit_at_sizes(
+    configs: Sequence[Stage2Config],
+    stage1_size: int,
+    features_at: Callable[[int], Features],
+    fit: Callable[[Sequence[Stage2Config], Features], list[tuple]],
+    val_labels: np.ndarray,
+) -> list[tuple[nn.Module, dict, int]]:
+    """Each head fitted (``fit``) on the train and validation features (``features_at``) of every
+    size it tries (``feature_sizes``), and kept at the size of its best validation accuracy (ties:
+    the size nearest the stage-1 test size, then the smaller): per config ``(head, chosen,
+    size)``, ``chosen`` with ``feature_size_grid`` {size: validation accuracy} where it chose. The
+    test set plays no part."""
+    tried = [feature_sizes(config, stage1_size) for config in configs]
+    results: list[dict[int, tuple]] = [{} for _ in configs]
+    for size in sorted(set().union(*tried)):
+        members = [i for i, sizes in enumerate(tried) if size in sizes]
+        features = features_at(size)
+        for i, (head, chosen) in zip(members, fit([configs[i] for i in members], features), strict=True):
+            score = _val_accuracy(head, features, val_labels) if len(tried[i]) > 1 else None
+            results[i][size] = (head, chosen, score)
+    kept = []
+    for by_size in results:
+        size = max(by_size, key=lambda s: (by_size[s][2] or 0.0, -abs(s - stage1_size), -s))
+        head, chosen, _ = by_size[size]
+        if len(by_size) > 1:
+            chosen = {**chosen, "feature_size_grid": {str(s): by_size[s][2] for s in sorted(by_size)}}
+        kept.append((head, chosen, size))
+    return kept
 
 
 def _check_request(stage1_dir: Path, runs: Mapping[Path, Stage2Config], overwrite: bool) -> None:
@@ -434,16 +485,17 @@ def _check_against_stage1(stage1_dir: Path, stage1_config: TrainConfig, dataset:
             )
     if len(dataset.split.val) == 0:
         for out, config in runs.items():
-            if config.tuned_knobs:
-                knobs = " and ".join(config.tuned_knobs)
+            if config.chosen_on_validation:
+                what, options = validation_choices(config.chosen_on_validation)
                 raise LongtailError(
-                    f"{out}: tuning {knobs} needs a validation split, and {stage1_dir} has none (stage 1 trained "
-                    f"with --val-per-class 0): pass {' and '.join('--' + k for k in config.tuned_knobs)}, or train "
-                    "stage 1 with a validation split"
+                    f"{out}: choosing {what} needs a validation split, and {stage1_dir} has none (stage 1 trained "
+                    f"with --val-per-class 0): pass {options}, or train stage 1 with a validation split"
                 )
 
 
-def _record(out: Path, config: Stage2Config, chosen: dict, stage1_dir: Path, stage1: tuple, context: dict) -> dict:
+def _record(
+    out: Path, config: Stage2Config, chosen: dict, stage1_dir: Path, stage1: tuple, size: int, context: dict
+) -> dict:
     """The run.json of a fitted stage-2 head: the config it used (resolved), what it chose, its provenance."""
     stage1_config, _, stage1_run = stage1
     used = config.resolved()
@@ -455,7 +507,8 @@ def _record(out: Path, config: Stage2Config, chosen: dict, stage1_dir: Path, sta
         "config": dataclasses.asdict(used),
         "sampler": used.resolved_sampler,
         "beta": chosen.get("beta"),
-        "feature_image_size": run_test_size(stage1_run, stage1_config),
+        "feature_image_size": size,
+        "test_image_size": size,
         "chosen": chosen,
         "feature_seconds": context["feature_seconds"],
         "head_seconds": context["head_seconds"],
@@ -518,25 +571,46 @@ def decouple_many(
             for out in runs:
                 locks.enter_context(RunLock(out))
                 check_run_dir(out, resume=False, overwrite=overwrite, kind="decouple")  # now under its lock
-            started = time.perf_counter()
             views = max(config.resolved().views or 0 for config in runs.values())
-            features = _stage1_features(stage1_dir, stage1_config, dataset, stage1_run, views, cache_dir)
-            feature_seconds = time.perf_counter() - started
-            started = time.perf_counter()
-            fitted = fit_stage2_heads(list(runs.values()), stage1_head, features, dataset, default_beta)
+            seconds = {"features": 0.0, "heads": 0.0}  # summed over the sizes tried
+
+            def timed(part: str, function: Callable) -> Callable:
+                def run(*args):
+                    started = time.perf_counter()
+                    try:
+                        return function(*args)
+                    finally:
+                        seconds[part] += time.perf_counter() - started
+
+                return run
+
+            fitted = _fit_at_sizes(
+                list(runs.values()),
+                run_test_size(stage1_run, stage1_config),
+                timed(
+                    "features", lambda size: _stage1_features(stage1_dir, stage1, views, cache_dir, size, test=False)
+                ),
+                timed(
+                    "heads",
+                    lambda configs, features: fit_stage2_heads(configs, stage1_head, features, dataset, default_beta),
+                ),
+                dataset.val_labels,
+            )
+            test_features = timed("features", lambda size: _stage1_features(stage1_dir, stage1, views, cache_dir, size))
+            tests = {size: test_features(size) for *_, size in fitted}
             context = {
-                "feature_seconds": feature_seconds / len(runs),
-                "head_seconds": (time.perf_counter() - started) / len(runs),
+                "feature_seconds": seconds["features"] / len(runs),
+                "head_seconds": seconds["heads"] / len(runs),
                 "outs": list(runs),
             }
             metrics = {}
-            for (out, config), (head, chosen) in zip(runs.items(), fitted, strict=True):
+            for (out, config), (head, chosen, size) in zip(runs.items(), fitted, strict=True):
                 prepare_run_dir(out, resume=False, overwrite=overwrite, kind="decouple")
                 written.add(out)
                 cosine = not isinstance(head, nn.Linear)
                 atomic_torch_save(out / "head.pt", {"state_dict": head.state_dict(), "cosine": cosine})
-                atomic_write_json(out / RUN_FILE, _record(out, config, chosen, stage1_dir, stage1, context))
-                metrics[out] = _evaluate_head(out, head, features, dataset, figures, stage1_config.groups)
+                atomic_write_json(out / RUN_FILE, _record(out, config, chosen, stage1_dir, stage1, size, context))
+                metrics[out] = _evaluate_head(out, head, tests[size], dataset, figures, stage1_config.groups, size)
             return metrics
     except BaseException:
         _remove_unwritten(created, written)
@@ -564,18 +638,26 @@ def evaluate_decoupled(run_dir: Path, cache_dir: Path | None = None, figures: bo
     stage1_dir = stage1_of(run_dir)
     stage1_config, dataset, stage1_run = load_finished_stage1(stage1_dir, cache_dir)
     head = load_head(run_dir, dataset.arrays.num_classes)
+    size = read_json(Path(run_dir) / RUN_FILE)["test_image_size"]
     with RunLock(stage1_dir):
-        features = _stage1_features(stage1_dir, stage1_config, dataset, stage1_run, 0, cache_dir)
-    return _evaluate_head(run_dir, head, features, dataset, figures, stage1_config.groups)
+        features = _stage1_features(stage1_dir, (stage1_config, dataset, stage1_run), 0, cache_dir, size)
+    return _evaluate_head(run_dir, head, features, dataset, figures, stage1_config.groups, size)
 
 
 def _evaluate_head(
-    run_dir: Path, head: nn.Module, features: Features, dataset: Dataset, figures: bool, grouping: str
+    run_dir: Path, head: nn.Module, features: Features, dataset: Dataset, figures: bool, grouping: str, size: int
 ) -> dict:
     """Test metrics of ``head`` on the cached test features (and with flip TTA when the features
     hold the mirrored test images), written into ``run_dir`` with the stage-1 run's ``grouping``."""
     logits = apply_head(head, features.test)
     flip_logits = apply_head(head, features.test, features.test_flip) if features.test_flip is not None else None
     return save_evaluation(
-        run_dir, dataset.test_labels, logits, dataset, figures, grouping=grouping, flip_logits=flip_logits
+        run_dir,
+        dataset.test_labels,
+        logits,
+        dataset,
+        figures,
+        grouping=grouping,
+        flip_logits=flip_logits,
+        extra={"test_image_size": size},
     )

@@ -59,7 +59,7 @@ class Features:
 
     train: torch.Tensor  # (1 + views, N, 1280): view 0 un-augmented
     val: torch.Tensor
-    test: torch.Tensor
+    test: torch.Tensor | None  # None where only the train and validation features were asked for
     test_flip: torch.Tensor | None = None  # of the mirrored test images, for --tta flip
 
 
@@ -216,17 +216,21 @@ def load_or_extract_features(
     runtime: Runtime,
     image_size: int,
     flip: bool = False,
+    test: bool = True,
 ) -> Features:
     """The features at ``image_size`` of a stage-1 run, with at least ``views`` augmented train
     copies (and the mirrored test images with ``flip``): what the cache holds, and
     the missing parts extracted (and added to the cache) by the model that ``load_model()``
-    returns, called only then. ``seed`` draws the augmented views."""
+    returns, called only then. ``seed`` draws the augmented views. ``test=False``: the train
+    and validation features alone (no test pass at a size that stage 2 only tries)."""
     parts = _read_cache(stage1_dir, model_sha, image_size)
     arrays, split = dataset.arrays, dataset.split
-    needed = ("val", "test", "test_flip") if flip else ("val", "test")
+    needed = ["val"]
+    if test:
+        needed += ["test", "test_flip"] if flip else ["test"]
     train_views = list(parts.get("train", ()))  # every cached view, also beyond 1 + views
     if set(needed) <= parts.keys() and len(train_views) >= 1 + views:
-        return _features(parts, views, flip)
+        return _features(parts, views, flip and test)
     model = load_model()
     args = (image_size, dataset.mean, dataset.std, runtime)
     train_images = torch.from_numpy(arrays.x_train[split.train])
@@ -243,13 +247,13 @@ def load_or_extract_features(
             model, torch.from_numpy(images[name]), *args, flip=key.endswith("_flip"), progress=label
         )
     _write_cache(stage1_dir, model_sha, image_size, parts)
-    return _features(parts, views, flip)
+    return _features(parts, views, flip and test)
 
 
 def _features(parts: dict, views: int, flip: bool) -> Features:
     return Features(
         parts["train"][: 1 + views],
         parts["val"],
-        parts["test"],
+        parts.get("test"),
         parts["test_flip"] if flip else None,
     )

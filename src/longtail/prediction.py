@@ -7,8 +7,9 @@ evaluated on gets the prediction the run's evaluation gave it:
   shorter side scaled to S and centre-cropped, as an image folder is stored (a run on an .npz or
   a CIFAR root has 32 x 32 arrays: new images are brought to 32 x 32 the same way);
 - normalised as the run's inputs (ImageNet statistics for pretrained weights) and resized to the
-  run's test image size (``train.run_test_size``) by ``features.extract_features``, the one
-  batched inference of longtail;
+  run's test image size (``artifacts.run_test_size``), or with ``--head`` to the head's own
+  (``test_image_size`` in its run.json, chosen by ``--feature-size``), by
+  ``features.extract_features``, the one batched inference of longtail;
 - the pooled backbone features go through the stage-1 classifier, or the stage-2 head.
 Probabilities are the softmax of the logits (of ``LDAM_SCALE`` times the cosine logits of LDAM's
 cosine head: the scale its loss trains them at). No test-time augmentation: the numbers of the
@@ -64,7 +65,7 @@ class Predictions:
     run: str
     head: str | None
     store_size: tuple[int, int]  # (height, width) the images were decoded to
-    image_size: int  # the model's input size (the run's test size)
+    image_size: int  # the model's input size (the run's test size, or the head's)
 
     def top(self, k: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """``(classes, probabilities)``, each (N, k): the k most probable classes of each image,
@@ -151,7 +152,9 @@ def predict(
     model = trained_model(run, config, record, len(class_names), runtime)
     classifier = load_head(head, len(class_names)) if head is not None else head_of(model)
     scale = LDAM_SCALE if isinstance(classifier, CosineLinear) else 1.0
-    size, (mean, std) = run_test_size(record, config), normalisation(record["weights"]["pretrained"])
+    # The size the classifier's features were evaluated at: the stage-1 test size, or the head's own.
+    size = read_json(head / RUN_FILE)["test_image_size"] if head is not None else run_test_size(record, config)
+    mean, std = normalisation(record["weights"]["pretrained"])
     read, probabilities, failed = [], [], []
     for start in range(0, len(files), CHUNK):
         chunk = files[start : start + CHUNK]

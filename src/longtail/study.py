@@ -40,6 +40,7 @@ from longtail.config import (
     describe_differences,
     from_record,
     study_config,
+    validation_choices,
 )
 from longtail.data import load_source
 from longtail.decouple import decouple_many, tuning_grid
@@ -158,7 +159,11 @@ def check_plan(plan: list[list], base: TrainConfig) -> None:
     heads = {name: config for steps in plan for group in _groups(steps) for name, config in group.heads.items()}
     for config in heads.values():
         config.validate()
-    tuned = [f"{name} ({' and '.join(config.tuned_knobs)})" for name, config in heads.items() if config.tuned_knobs]
+    tuned = [
+        f"{name} ({validation_choices(config.chosen_on_validation)[0]})"
+        for name, config in heads.items()
+        if config.chosen_on_validation
+    ]
     if tuned and base.val_per_class == 0 and base.val_fraction is None:
         raise LongtailError(
             f"--val-per-class 0 leaves no validation split, and the study tunes on it: {', '.join(tuned)}; keep "
