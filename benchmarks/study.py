@@ -11,11 +11,17 @@ class-balanced, cb-focal), each evaluated on the balanced test set.
   the frozen backbone (a fetch that runs it on every batch, every epoch), then evaluated through
   it. Heads, losses, samplers and hyperparameters are the same as longtail's.
 
-``stage2_speedup`` compares stage 2 of the five losses alone. longtail: the train features
-extracted once (the test and validation features were stored by the baseline's stage 1, which
-computes them on its way to the logits), then the heads on cached features, side by side in
-one grid, modified-ce with one head per tau of its grid; naive: each head alone through the
-backbone, modified-ce at tau 1 only. longtail's stage 2 takes seconds, so it runs
+``stage2_speedup`` compares stage 2 of the five losses alone, both sides fitting the same heads
+(the same settings, feature sizes and choice rules, so their test accuracies agree:
+``stage2_test_accuracy``). longtail: the train and validation features extracted once per size a
+head tries (``--feature-size auto``: the stage-1 test size and 16 px either side; the stage-1
+test-size features were stored by the baseline's stage 1, which computes them on its way to the
+logits), then the heads on cached features, side by side in one grid, modified-ce with one head
+per tau of its grid; naive: the backbone run on every batch of every epoch, each head and each
+tau of modified-ce's grid trained alone, at every size. Both sides' stage 1 evaluates the run and
+chooses its test size on validation (an earlier version skipped that on the naive side, whose
+heads then trained on features of the training size instead: the two sides' accuracies differed).
+longtail's stage 2 takes seconds, so it runs
 ``--stage2-repeats`` times (each from the cache as stage 1 left it) and the median counts, in
 ``stage2_speedup`` and in the study's total; the naive stage 2 (minutes) runs once.
 Both sides write what ``longtail reproduce`` writes per run: ``metrics.json``, no per-run
@@ -47,11 +53,18 @@ from longtail import decouple as decouple_module
 from longtail.artifacts import load_trained_model, run_test_size
 from longtail.config import TrainConfig
 from longtail.data import load_source
-from longtail.decouple import Stage2Config, decouple_many, train_head
+from longtail.decouple import (
+    Stage2Config,
+    choose_setting,
+    decouple_many,
+    fit_at_sizes,
+    fit_stage2_heads,
+    reference_setting,
+    tuning_grid,
+)
 from longtail.evaluation import save_evaluation
-from longtail.features import extract_features, feature_file
-from longtail.losses import MODIFIED_CE, build_loss, loss_spec
-from longtail.models import make_head
+from longtail.features import Features, extract_features, feature_file
+from longtail.models import head_of
 from longtail.runs import atomic_torch_save, read_json, torch_load
 from longtail.runtime import Runtime
 from longtail.strategies import class_balanced_beta
@@ -103,35 +116,60 @@ class Stopwatch:
             self.seconds += time.perf_counter() - started
 
 
+class ThroughBackbone:
+    """The train features of the naive side: ``[views, positions]`` runs the frozen backbone on
+    those training images, every time (no cache)."""
+
+    def __init__(self, model: torch.nn.Module, images: torch.Tensor, args: tuple):
+        self.model, self.images, self.args = model, images, args
+
+    def __getitem__(self, index) -> torch.Tensor:
+        _, positions = index  # the naive side has no augmented views: view 0 throughout
+        return extract_features(self.model, self.images[positions], *self.args).clone()  # clone: leave inference mode
+
+
 def naive_stage2(
     stage1_dir: Path, config: Stage2Config, out: Path, runtime: Runtime, cache_dir: Path | None, writing: Stopwatch
 ) -> dict:
-    """``fit_stage2_heads``' retrain head for ``config.loss``, trained and evaluated through the frozen backbone."""
-    config = config.resolved()  # the defaults of the options not given
+    """The head longtail fits for ``config``, fitted naively: the frozen backbone run on every
+    batch of every epoch, each setting of a tuned knob trained alone, at every feature size the
+    head tries; the setting and the size chosen by longtail's own rules (``choose_setting``,
+    ``fit_at_sizes``), so both sides fit the same heads."""
     model, stage1_config, dataset, run = load_trained_model(stage1_dir, runtime, cache_dir)
-    counts = dataset.split.train_counts
-    loss_name = MODIFIED_CE if config.loss == "modified-ce" else config.loss
-    torch.manual_seed(config.seed)
-    head = make_head(len(counts), loss_spec(loss_name).cosine_head)
+    stage1_head, beta = head_of(model), class_balanced_beta(stage1_config)
     train_images = torch.from_numpy(dataset.arrays.x_train[dataset.split.train])
-    args = (run_test_size(run, stage1_config), dataset.mean, dataset.std, runtime)  # as longtail's features
 
-    def through_backbone(positions, views):
-        return extract_features(model, train_images[positions], *args).clone()  # clone: leave inference mode
+    def features_at(size: int) -> Features:
+        args = (size, dataset.mean, dataset.std, runtime)
+        val = extract_features(model, torch.from_numpy(dataset.val_images), *args)
+        return Features(ThroughBackbone(model, train_images, args), val, None)
 
-    head = train_head(
-        head,
-        through_backbone,
-        torch.from_numpy(dataset.train_labels),
-        build_loss(loss_name, counts, gamma=config.gamma, beta=class_balanced_beta(stage1_config), tau=1.0),
-        sampler=config.resolved_sampler,
-        epochs=config.epochs,
-        batch_size=config.batch_size,
-        lr=config.lr,
-        seed=config.seed,
+    def fit_alone(configs, features):
+        (head_config,) = configs
+        points = tuning_grid(head_config.resolved())
+        if not points:
+            return fit_stage2_heads([head_config], stage1_head, features, dataset, beta)
+        fitted = [
+            fit_stage2_heads(
+                [dataclasses.replace(head_config, **point, tune=False)], stage1_head, features, dataset, beta
+            )[0]
+            for point in points
+        ]
+        best, _ = choose_setting(
+            [(point, head) for point, (head, _) in zip(points, fitted, strict=True)],
+            features,
+            dataset.val_labels,
+            reference_setting(beta),
+        )
+        return [fitted[best]]
+
+    ((head, _, size),) = fit_at_sizes(
+        [config], run_test_size(run, stage1_config), features_at, fit_alone, dataset.val_labels
     )
     with torch.no_grad():
-        logits = head(extract_features(model, torch.from_numpy(dataset.test_images), *args))
+        logits = head(
+            extract_features(model, torch.from_numpy(dataset.test_images), size, dataset.mean, dataset.std, runtime)
+        )
     out.mkdir(parents=True)
     return writing(out, dataset.test_labels, logits, dataset, figures=False, grouping=stage1_config.groups)
 
@@ -210,7 +248,7 @@ def main(argv: list[str] | None = None) -> dict:
         naive_stage2_seconds, writing.seconds = 0.0, 0.0
         for loss, config in stage2.items():
             stage1_dir = root / "naive" / f"stage1-for-{loss}"
-            train(base, stage1_dir, cache_dir=args.cache_dir, evaluate=False)
+            train(base, stage1_dir, cache_dir=args.cache_dir, figures=False)  # evaluated: its test size chosen
             stage2_started = time.perf_counter()
             out = root / "naive" / f"decoupled-{loss}"
             metrics = naive_stage2(stage1_dir, config, out, runtime, args.cache_dir, writing)

@@ -98,6 +98,9 @@ def test_study_runs_and_reports(real_subset, weights_file, cache_dir, capsys, tm
     assert result["naive_stage2_writing_seconds"] < result["naive_stage2_seconds"]
     assert longtail.decouple.save_evaluation is longtail.evaluation.save_evaluation
     assert result["stage1_runs"] == {"longtail": 2, "naive": 7}
+    # Both sides fit the same heads (same settings, sizes and choices) on the same stage 1.
+    for loss, accuracy in result["stage2_test_accuracy"]["longtail"].items():
+        assert result["stage2_test_accuracy"]["naive"][loss] == pytest.approx(accuracy, abs=0.051), loss
     assert len(result["longtail_stage2_seconds_each_repeat"]) == 3
     assert result["longtail_stage2_seconds"] in result["longtail_stage2_seconds_each_repeat"]
     assert set(result["stage2_test_accuracy"]["naive"]) == {

@@ -380,7 +380,7 @@ def test_every_setting_of_a_tuned_grid_is_the_head_trained_alone_with_it(monkeyp
     config = decouple.Stage2Config(loss="cb-focal", tune=True, epochs=2, batch_size=32)
     grid = decouple.tuning_grid(config)
     heads = {}
-    real = decouple._tune
+    real = decouple.choose_setting
 
     def pick(target):
         def fake(candidates, features, val_labels, fixed):
@@ -390,7 +390,7 @@ def test_every_setting_of_a_tuned_grid_is_the_head_trained_alone_with_it(monkeyp
         return fake
 
     for target in (grid[0], grid[5], grid[-1]):
-        monkeypatch.setattr(decouple, "_tune", pick(target))
+        monkeypatch.setattr(decouple, "choose_setting", pick(target))
         heads[tuple(target.items())] = _fit(config, stage1, features, dataset)[0]
     monkeypatch.undo()
     for target, head in heads.items():
@@ -439,7 +439,7 @@ def test_ties_go_to_the_setting_closest_to_the_fixed_one(config, expected):
     # Every candidate scores the same on validation (identical heads): the fixed setting wins.
     features, stage1, dataset = _gaussian_problem(val_per_class=5)
     points = decouple.tuning_grid(config)
-    best, scores = decouple._tune(
+    best, scores = decouple.choose_setting(
         [(point, stage1) for point in points],
         features,
         dataset.arrays.y_train[dataset.split.val],
@@ -448,7 +448,7 @@ def test_ties_go_to_the_setting_closest_to_the_fixed_one(config, expected):
     assert len(set(scores)) == 1 and points[best] == expected
     # With another fixed beta (a stage-1 --decay-value), ties go to the grid's beta nearest it.
     if "beta" in expected:
-        best, _ = decouple._tune(
+        best, _ = decouple.choose_setting(
             [(point, stage1) for point in points],
             features,
             dataset.arrays.y_train[dataset.split.val],

@@ -202,7 +202,7 @@ def _distance(setting: Mapping[str, float], fixed: Mapping[str, float]) -> float
     return float(distance)
 
 
-def _tune(
+def choose_setting(
     candidates: Sequence[tuple[dict, nn.Module]], features: Features, val_labels: np.ndarray, fixed: Mapping
 ) -> tuple[int, list[float]]:
     """The index of the candidate (setting, head) with the best validation accuracy, and every
@@ -264,8 +264,8 @@ def _fixed(config: Stage2Config, default_beta: float) -> dict[str, float]:
     return {knob: values[knob] for knob in config.knobs if knob not in config.tuned_knobs}
 
 
-def _reference(default_beta: float) -> dict[str, float]:
-    """The fixed setting a tuned knob's ties are broken towards (``_tune``)."""
+def reference_setting(default_beta: float) -> dict[str, float]:
+    """The fixed setting a tuned knob's ties are broken towards (``choose_setting``)."""
     return {"tau": 1.0, "gamma": Stage2Config.DEFAULTS["gamma"], "beta": default_beta}
 
 
@@ -307,7 +307,9 @@ def _fit_retrain_grid(
             fitted.append((heads[a], {"loss": loss_name, **settings[0]}))
             continue
         points = tuning_grid(config)
-        best, scores = _tune(list(zip(points, heads[a:b], strict=True)), features, val_labels, _reference(default_beta))
+        best, scores = choose_setting(
+            list(zip(points, heads[a:b], strict=True)), features, val_labels, reference_setting(default_beta)
+        )
         fitted.append((heads[a + best], {"loss": loss_name, **settings[best], **_tuned_record(points, scores, best)}))
     return fitted
 
@@ -350,7 +352,7 @@ def _fit_alone(
         return make(config.tau), {"tau": config.tau}
     points = tuning_grid(config)
     candidates = [(point, make(point["tau"])) for point in points]
-    best, scores = _tune(candidates, features, dataset.val_labels, _reference(default_beta))
+    best, scores = choose_setting(candidates, features, dataset.val_labels, reference_setting(default_beta))
     return candidates[best][1], _tuned_record(points, scores, best)
 
 
@@ -434,7 +436,7 @@ def feature_sizes(config: Stage2Config, stage1_size: int) -> list[int]:
     return [stage1_size if size == "stage1" else int(size)]
 
 
-def _fit_at_sizes(
+def fit_at_sizes(
     configs: Sequence[Stage2Config],
     stage1_size: int,
     features_at: Callable[[int], Features],
@@ -584,7 +586,7 @@ def decouple_many(
 
                 return run
 
-            fitted = _fit_at_sizes(
+            fitted = fit_at_sizes(
                 list(runs.values()),
                 run_test_size(stage1_run, stage1_config),
                 timed(
