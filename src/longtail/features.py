@@ -215,26 +215,22 @@ def load_or_extract_features(
     the missing parts extracted (and added to the cache) by the model that ``load_model()``
     returns, called only then. ``seed`` draws the augmented views."""
     parts = _read_cache(stage1_dir, model_sha, image_size)
-    arrays, split = dataset.arrays, dataset.split
     needed = ("val", "test", "test_flip") if flip else ("val", "test")
     train_views = list(parts.get("train", ()))  # every cached view, also beyond 1 + views
     if set(needed) <= parts.keys() and len(train_views) >= 1 + views:
         return _features(parts, views, flip)
     model = load_model()
     args = (image_size, dataset.mean, dataset.std, runtime)
-    train_images = torch.from_numpy(arrays.x_train[split.train])
+    train_images = dataset.images("train")
     for view in range(len(train_views), 1 + views):
         generator = None if view == 0 else epoch_generator(seed, view, stream=7, device=runtime.device)
         label = f"train features at {image_size} px" + (f", view {view}" if view else "")
         train_views.append(extract_features(model, train_images, *args, generator=generator, progress=label))
     parts["train"] = torch.stack(train_views)
-    images = {"val": dataset.val_images, "test": dataset.test_images}
     for key in [key for key in needed if key not in parts]:
         name = key.removesuffix("_flip")
         label = f"{name} features at {image_size} px" + (", mirrored" if key.endswith("_flip") else "")
-        parts[key] = extract_features(
-            model, torch.from_numpy(images[name]), *args, flip=key.endswith("_flip"), progress=label
-        )
+        parts[key] = extract_features(model, dataset.images(name), *args, flip=key.endswith("_flip"), progress=label)
     _write_cache(stage1_dir, model_sha, image_size, parts)
     return _features(parts, views, flip)
 
