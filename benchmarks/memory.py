@@ -205,20 +205,12 @@ def _available_bytes() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown"
-
-
 def main(argv: list[str] | None = None) -> dict | None:
     args = parse_args(argv)
     if args.child:
         return child(args)
+    from longtail.study import cpu_name
+
     temporary = args.work is None
     args.work = Path(tempfile.mkdtemp(prefix="longtail-memory-")) if temporary else args.work
     try:
@@ -253,7 +245,7 @@ def main(argv: list[str] | None = None) -> dict | None:
             "image_size": args.image_size,
             "batch_size": args.batch_size,
             "threads": args.threads,
-            "cpu": _cpu(),
+            "cpu": cpu_name(),
             "cores": os.cpu_count(),
             "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         }
