@@ -10,7 +10,9 @@ in a process of its own so that its peak resident memory (``ru_maxrss`` of ``os.
   steps) reading its batches from the store, randomly initialised B0 at ``--image-size``;
 - unless ``--no-speed``, and only when the training split fits in a quarter of the available
   memory: the epoch's speed from the store against the same steps from the training split loaded in
-  memory (what every in-memory source does), interleaved rounds, medians.
+  memory (what every in-memory source does), interleaved rounds, medians, and the time a batch's
+  read from the store takes (``store_read_ms_per_batch``: the store's share of a step, which the
+  rounds' noise can hide).
 
 The store is N x S x S x 3 bytes: 150,000 images at 96 px are 4.1 GB. The peak of ``longtail data``
 is bounded by one decoding chunk (``longtail.data.store.CHUNK_BYTES``) and the lists; the epoch's by
@@ -139,6 +141,27 @@ def _resident_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+class TimedReads:
+    """Images (a ``StoredImages``) whose batch reads are timed: the store's share of a step."""
+
+    def __init__(self, images):
+        self.images, self.seconds, self.reads = images, 0.0, 0
+
+    @property
+    def device(self):
+        return self.images.device
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, key):
+        started = time.perf_counter()
+        batch = self.images[key]
+        self.seconds += time.perf_counter() - started
+        self.reads += 1
+        return batch
+
+
 def child(args: argparse.Namespace) -> None:
     """In a child process: one epoch from the store (``epoch``), or store against memory (``speed``)."""
     import torch
@@ -171,7 +194,7 @@ def child(args: argparse.Namespace) -> None:
     state = TrainingState(model, torch.optim.Adam(model.parameters(), lr=config.lr), None)
     bn_mode = resolve_bn_mode(config.bn, info)
     labels = torch.from_numpy(dataset.train_labels).to(runtime.device)
-    stored = dataset.images("train").to(runtime.device)
+    stored = TimedReads(dataset.images("train").to(runtime.device))
     steps = args.steps or steps_per_epoch(len(labels), config, bn_mode, 1)
 
     def rate(images) -> float:
@@ -180,7 +203,12 @@ def child(args: argparse.Namespace) -> None:
         return stats.images_per_second
 
     if args.child == "epoch":
-        result = {"images_per_s": round(rate(stored), 2), "steps": steps, **opened, "store": type(stored).__name__}
+        result = {
+            "images_per_s": round(rate(stored), 2),
+            "steps": steps,
+            **opened,
+            "store": type(stored.images).__name__,
+        }
     else:
         in_memory = torch.from_numpy(np.asarray(dataset.arrays.x_train[dataset.split.train])).to(runtime.device)
         rates = {"store": [], "in_memory": []}
@@ -191,7 +219,8 @@ def child(args: argparse.Namespace) -> None:
         store, memory = statistics.median(rates["store"]), statistics.median(rates["in_memory"])
         result = {"store_images_per_s": round(store, 2), "in_memory_images_per_s": round(memory, 2),
                   "store_vs_in_memory": round(store / memory, 4), "steps": steps, "rounds": args.rounds,
-                  "all_rounds_images_per_s": {k: [round(v, 2) for v in vs] for k, vs in rates.items()}}  # fmt: skip
+                  "all_rounds_images_per_s": {k: [round(v, 2) for v in vs] for k, vs in rates.items()},
+                  "store_read_ms_per_batch": round(1e3 * stored.seconds / stored.reads, 3)}  # fmt: skip
     print(json.dumps(result), flush=True)
 
 

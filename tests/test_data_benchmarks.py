@@ -35,6 +35,7 @@ def test_the_memory_benchmark_measures_data_and_an_epoch(tmp_path, capsys):
         assert result[part]["peak_rss_mb"] > 0 and result[part]["seconds"] > 0, part
     assert result["epoch"]["store"] == "StoredImages" and result["epoch"]["steps"] == 2
     assert result["speed"]["store_images_per_s"] > 0 and result["speed"]["in_memory_images_per_s"] > 0
+    assert result["speed"]["store_read_ms_per_batch"] > 0
     assert result["cpu"] and result["date"]
     lists = (tmp_path / "work" / "tree" / "train.txt").read_text().splitlines()
     assert len(lists) == 60 and len({line.split()[0] for line in lists}) == 20
