@@ -325,3 +325,24 @@ def test_the_root_of_a_list_source_is_a_folder_and_a_test_split_is_needed(tree, 
     )  # fmt: skip
     assert status == 0, err
     assert "held out of the training images" in out
+
+
+def test_reproduce_takes_the_list_options_into_every_run(tree):
+    from longtail.config import study_config
+
+    argv = [
+        "reproduce",
+        "--out",
+        "study",
+        "--data",
+        str(tree),
+        *_lists(tree, "train", "val", "test"),
+        "--store-size",
+        "32",
+    ]
+    settings = cli._data_settings(cli.build_parser().parse_args(argv))
+    assert settings["imbalance"] == "natural" and settings["val_per_class"] == 0
+    imbalance = settings.pop("imbalance")
+    config = study_config("smoke", data=str(tree), weights="none", imbalance=imbalance, given=settings)
+    assert config.train_list == str(tree / "ImageNet_LT_train.txt") and config.test_list.endswith("test.txt")
+    assert (config.imbalance, config.val_per_class, config.store_size) == ("natural", 0, 32)

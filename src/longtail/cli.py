@@ -158,8 +158,8 @@ def _add_data_options(parser: argparse.ArgumentParser, *, seed: bool = True) -> 
     parser.add_argument(
         "--val-per-class",
         type=int,
-        help=f"validation images held out per class ({_default(TrainConfig, 'val_per_class')}; 0 keeps the "
-        "standard counts)",
+        help=f"validation images held out per class ({_default(TrainConfig, 'val_per_class')}, 0 with --val-list; 0 "
+        "keeps the standard counts)",
     )
     parser.add_argument(
         "--val-fraction",
