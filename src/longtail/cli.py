@@ -91,6 +91,10 @@ DATA_FIELDS = (
     "store_size",
     "skip_bad_images",
     "groups",
+    "train_list",
+    "val_list",
+    "test_list",
+    "class_names_file",
 )
 # The study-wide TrainConfig fields `longtail reproduce` overrides (the preset's, or the config's).
 STUDY_FIELDS = (
@@ -109,14 +113,41 @@ def _add_data_options(parser: argparse.ArgumentParser, *, seed: bool = True) -> 
     """The options of the data and its split, shared by data, train and reproduce (``seed``: with --seed)."""
     parser.add_argument(
         "--data",
-        help="an .npz, an image folder ROOT/train/<class>/* (ROOT/test/<class>/* optional), a .tar.gz of one, or a "
-        "torchvision CIFAR-10/100 root (default: $LONGTAIL_DATA)",
+        help="an .npz, an image folder ROOT/train/<class>/* (ROOT/test/<class>/* optional), a .tar.gz of one, a "
+        "torchvision CIFAR-10/100 root, or with --train-list the folder ROOT its paths start from "
+        "(default: $LONGTAIL_DATA)",
+    )
+    parser.add_argument(
+        "--train-list",
+        metavar="FILE",
+        help="a list source: the training images, one 'relative/path label' line each (# comments and blank lines "
+        "ignored, labels any non-negative integers), read under --data ROOT and decoded once into a memory-mapped "
+        "store (default: none, --data is the whole source)",
+    )
+    parser.add_argument(
+        "--val-list",
+        metavar="FILE",
+        help="with --train-list: the validation split, instead of one held out of the training images "
+        "(default: none, --val-per-class or --val-fraction holds one out)",
+    )
+    parser.add_argument(
+        "--test-list",
+        metavar="FILE",
+        help="with --train-list: the test split (default: none, --test-fraction holds one out)",
+    )
+    parser.add_argument(
+        "--class-names",
+        dest="class_names_file",
+        metavar="FILE",
+        help="with --train-list: 'LABEL NAME' lines naming the lists' labels (default: each class is named by its "
+        "label)",
     )
     parser.add_argument(
         "--imbalance",
         type=parse_imbalance,
-        help=f"imbalance factor n_max/n_min of the long-tailed subset ({_default(TrainConfig, 'imbalance')}), or "
-        f"{NATURAL_IMBALANCE}: keep every image of each class as the data has it",
+        help=f"imbalance factor n_max/n_min of the long-tailed subset ({_default(TrainConfig, 'imbalance')}; "
+        f"{NATURAL_IMBALANCE} for a list source), or {NATURAL_IMBALANCE}: keep every image of each class as the "
+        "data has it",
     )
     parser.add_argument(
         "--profile",
@@ -128,8 +159,8 @@ def _add_data_options(parser: argparse.ArgumentParser, *, seed: bool = True) -> 
     parser.add_argument(
         "--val-per-class",
         type=int,
-        help=f"validation images held out per class ({_default(TrainConfig, 'val_per_class')}; 0 keeps the "
-        "standard counts)",
+        help=f"validation images held out per class ({_default(TrainConfig, 'val_per_class')}, 0 with --val-list; 0 "
+        "keeps the standard counts)",
     )
     parser.add_argument(
         "--val-fraction",
@@ -146,14 +177,16 @@ def _add_data_options(parser: argparse.ArgumentParser, *, seed: bool = True) -> 
     parser.add_argument(
         "--store-size",
         type=int,
-        help="image folders: decode every image to SxS px (shorter side scaled to S, then centre-cropped); default: "
-        "the images' own size if they all are one square size, else their median shorter side within 32..64",
+        help="image folders and list sources: decode every image to SxS px (shorter side scaled to S, then "
+        "centre-cropped); default: the images' own size if they all are one square size, else their median shorter "
+        "side within 32..64",
     )
     parser.add_argument(
         "--skip-bad-images",
         action="store_true",
         default=None,
-        help="image folders: leave out files that are not readable images (counted in run.json) instead of failing",
+        help="image folders and list sources: leave out files that are not readable images, or listed files that do "
+        "not exist (counted in run.json), instead of failing",
     )
     parser.add_argument(
         "--groups",
@@ -176,11 +209,14 @@ def _add_data_options(parser: argparse.ArgumentParser, *, seed: bool = True) -> 
 
 
 def _data_settings(args) -> dict:
-    """The TrainConfig fields of the data options given. A --val-fraction replaces the default
-    number of validation images per class (``TrainConfig.val_per_class``)."""
+    """The TrainConfig fields of the data options given. A --val-fraction or a --val-list replaces
+    the default number of validation images per class (``TrainConfig.val_per_class``); a list
+    source (--train-list) is long-tailed already, so its default imbalance is natural."""
     settings = _given(args, DATA_FIELDS)
-    if "val_fraction" in settings:
+    if "val_fraction" in settings or "val_list" in settings:
         settings.setdefault("val_per_class", 0)
+    if "train_list" in settings:
+        settings.setdefault("imbalance", NATURAL_IMBALANCE)
     return settings
 
 
@@ -486,6 +522,8 @@ def _command_data(args) -> None:
     summary = split_summary(dataset, config.groups)
     height, width = arrays.image_shape
     print(f"source: {arrays.source} (sha256 {arrays.fingerprint[:16]}...), images stored at {height}x{width} px")
+    if arrays.store_file is not None:
+        print(f"images memory-mapped from {arrays.store_file} (read batch by batch, never loaded whole)")
     if arrays.skipped:
         print(f"left out {len(arrays.skipped)} unreadable image file(s) (--skip-bad-images): {listed(arrays.skipped)}")
     shape = (

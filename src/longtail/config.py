@@ -45,6 +45,8 @@ TEST_SIZE_MODES = ("auto", "train")
 # Input size of a stage-2 head's features (``--feature-size``): "auto" (chosen on the validation split
 # among the stage-1 test size and one 16-px step either side), "stage1" (the stage-1 test size) or N px.
 FEATURE_SIZE_MODES = ("auto", "stage1")
+# The options of a list source that need --train-list, by TrainConfig field.
+LIST_OPTIONS = {"val_list": "--val-list", "test_list": "--test-list", "class_names_file": "--class-names"}
 
 
 # ---------------------------------------------------------------- checks shared by both configs
@@ -146,6 +148,12 @@ class TrainConfig:
     # B0's features[0:K] keep their ImageNet weights (no gradient, no optimizer state, eval mode): a
     # named deviation from the study's full fine-tuning that buys a larger input for the same time.
     freeze_blocks: int = 0
+    # A list source (longtail.data.lists): 'path label' list files read under the image root `data`;
+    # the validation and test lists replace the held-out splits, the class-names file names the labels.
+    train_list: str | None = None
+    val_list: str | None = None
+    test_list: str | None = None
+    class_names_file: str | None = None
 
     def validate(self) -> None:
         """Check every value; the error names the option and says what it accepts."""
@@ -216,6 +224,33 @@ class TrainConfig:
             check_float("test_fraction", self.test_fraction, 0.0, 1.0, low_open=True, high_open=True)
         if self.store_size is not None:
             check_int("store_size", self.store_size, MIN_STORE_SIZE, MAX_STORE_SIZE)
+        self._validate_lists()
+
+    def _validate_lists(self) -> None:
+        """The list files of a list source, and the held-out splits they replace."""
+        if self.train_list is None:
+            given = [option for field, option in LIST_OPTIONS.items() if getattr(self, field) is not None]
+            if given:
+                raise LongtailError(
+                    f"{given[0]} goes with a list source: pass --train-list FILE (and --data ROOT, the folder its "
+                    "paths start from), or leave it out"
+                )
+            return
+        if self.val_list is not None and (self.val_per_class != 0 or self.val_fraction is not None):
+            held_out = (
+                f"--val-fraction {self.val_fraction:g}"
+                if self.val_fraction is not None
+                else f"--val-per-class {self.val_per_class}"
+            )
+            raise LongtailError(
+                f"--val-list {self.val_list} is the validation split and {held_out} would hold out another one: "
+                "give one of them"
+            )
+        if self.test_list is not None and self.test_fraction is not None:
+            raise LongtailError(
+                f"--test-list {self.test_list} is the test split and --test-fraction {self.test_fraction:g} would "
+                "hold out another one: give one of them"
+            )
 
     def epoch_size(self, epoch: int) -> int:
         """The training image size of ``epoch`` (0-based)."""

@@ -224,7 +224,6 @@ def load_or_extract_features(
     returns, called only then. ``seed`` draws the augmented views. ``test=False``: the train
     and validation features alone (no test pass at a size that stage 2 only tries)."""
     parts = _read_cache(stage1_dir, model_sha, image_size)
-    arrays, split = dataset.arrays, dataset.split
     needed = ["val"]
     if test:
         needed += ["test", "test_flip"] if flip else ["test"]
@@ -233,19 +232,16 @@ def load_or_extract_features(
         return _features(parts, views, flip and test)
     model = load_model()
     args = (image_size, dataset.mean, dataset.std, runtime)
-    train_images = torch.from_numpy(arrays.x_train[split.train])
+    train_images = dataset.images("train")
     for view in range(len(train_views), 1 + views):
         generator = None if view == 0 else epoch_generator(seed, view, stream=7, device=runtime.device)
         label = f"train features at {image_size} px" + (f", view {view}" if view else "")
         train_views.append(extract_features(model, train_images, *args, generator=generator, progress=label))
     parts["train"] = torch.stack(train_views)
-    images = {"val": dataset.val_images, "test": dataset.test_images}
     for key in [key for key in needed if key not in parts]:
         name = key.removesuffix("_flip")
         label = f"{name} features at {image_size} px" + (", mirrored" if key.endswith("_flip") else "")
-        parts[key] = extract_features(
-            model, torch.from_numpy(images[name]), *args, flip=key.endswith("_flip"), progress=label
-        )
+        parts[key] = extract_features(model, dataset.images(name), *args, flip=key.endswith("_flip"), progress=label)
     _write_cache(stage1_dir, model_sha, image_size, parts)
     return _features(parts, views, flip and test)
 

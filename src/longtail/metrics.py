@@ -7,7 +7,11 @@
 - ``macro`` and ``weighted``: ``precision``, ``recall``, ``f1`` averaged over classes
   (unweighted, or weighted by test support).
 - ``confusion_matrix``: counts, rows = true class, columns = predicted class;
-  ``confusion_matrix_normalized``: each row divided by its total (row = recall profile).
+  ``confusion_matrix_normalized``: each row divided by its total (row = recall profile). Above
+  ``PER_CLASS_LIMIT`` classes (ImageNet-LT's 1,000: a million cells; iNaturalist's 8,142: 66 million)
+  ``confusion_matrix`` is sparse, ``{"shape": [C, C], "true": [...], "predicted": [...], "count":
+  [...]}``, its non-zero cells in row-major order (at most one per test image), and the normalised
+  copy is left out (``confusion_cells`` reads either form).
 - ``groups``: ``many``/``medium``/``few`` accuracy (mean recall of the classes in the group;
   ``null`` for a group with no class, as ``medium`` with fewer than three classes),
   ``group_classes``: which classes form each group, and ``grouping``: the rule that formed them
@@ -20,12 +24,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-from sklearn.metrics import (
-    accuracy_score,
-    balanced_accuracy_score,
-    confusion_matrix,
-    precision_recall_fscore_support,
-)
+from sklearn.metrics import accuracy_score, balanced_accuracy_score, precision_recall_fscore_support
 
 from longtail.choices import GROUPINGS
 from longtail.errors import LongtailError
@@ -43,6 +42,10 @@ HEADLINE = (
 )
 # Training-shot thresholds of "shots" groups: many > 100 images, medium 20..100, few < 20.
 MANY_SHOT_ABOVE, FEW_SHOT_BELOW = 100, 20
+# Up to this many classes metrics.json holds the dense confusion matrix and the report shows every
+# class (CIFAR-100's 100 included); above it the matrix is stored sparse and the report summarises
+# the many/medium/few groups instead (``longtail.report``).
+PER_CLASS_LIMIT = 100
 
 
 def row_normalize(counts: np.ndarray) -> np.ndarray:
@@ -116,7 +119,6 @@ def classification_metrics(
         )
         for average in ("macro", "weighted")
     }
-    counts = confusion_matrix(y_true, y_pred, labels=labels)
     groups = frequency_groups(train_counts, grouping)
     return {
         "accuracy": float(accuracy_score(y_true, y_pred)),
@@ -129,8 +131,9 @@ def classification_metrics(
         },
         "macro": averaged["macro"],
         "weighted": averaged["weighted"],
-        "confusion_matrix": counts.tolist(),
-        "confusion_matrix_normalized": row_normalize(counts).tolist(),
+        **confusion_entries(
+            y_true.astype(np.int64) * len(labels) + y_pred, np.ones(len(y_true), np.int64), len(labels)
+        ),
         "groups": {name: float(np.mean(recall[members])) if members else None for name, members in groups.items()},
         "group_classes": groups,
         "grouping": grouping,
@@ -177,7 +180,7 @@ def aggregate_seeds(per_seed: Sequence[dict], seeds: Sequence[int]) -> dict:
     def sample_std(values):
         return np.std(values, ddof=1)
 
-    counts = np.sum([m["confusion_matrix"] for m in per_seed], axis=0)
+    cells = [confusion_cells(m) for m in per_seed]
     headlines = [headline(m) for m in per_seed]
     return {
         "accuracy": mean_of([m["accuracy"] for m in per_seed]),
@@ -185,8 +188,9 @@ def aggregate_seeds(per_seed: Sequence[dict], seeds: Sequence[int]) -> dict:
         "per_class": {k: mean_of([m["per_class"][k] for m in per_seed]) for k in first["per_class"]},
         "macro": {k: mean_of([m["macro"][k] for m in per_seed]) for k in first["macro"]},
         "weighted": {k: mean_of([m["weighted"][k] for m in per_seed]) for k in first["weighted"]},
-        "confusion_matrix": counts.tolist(),
-        "confusion_matrix_normalized": row_normalize(counts).tolist(),
+        **confusion_entries(
+            np.concatenate([c[0] for c in cells]), np.concatenate([c[1] for c in cells]), len(first["class_names"])
+        ),
         "groups": {k: over_seeds(np.mean, k) for k in first["groups"]},
         "group_classes": first["group_classes"],
         "grouping": first.get("grouping", "thirds"),  # metrics written before --groups were all thirds
@@ -223,3 +227,40 @@ def paired_differences(entry: dict, reference: dict, key: str = "accuracy") -> d
         "mean": float(np.mean(differences)),
         "std": float(np.std(differences, ddof=1)) if len(differences) > 1 else None,
     }
+
+
+# ---------------------------------------------------------------- confusion matrices of any size
+
+
+def confusion_entries(cells: np.ndarray, counts: np.ndarray, num_classes: int) -> dict:
+    """The confusion-matrix entries of metrics.json from ``counts`` of the cells ``cells`` (each
+    ``true * C + predicted``; a cell may repeat, its counts add up): up to ``PER_CLASS_LIMIT``
+    classes the dense ``confusion_matrix`` and ``confusion_matrix_normalized``, above it the sparse
+    ``confusion_matrix`` alone (see the module docstring)."""
+    if num_classes <= PER_CLASS_LIMIT:
+        dense = np.bincount(cells, weights=counts, minlength=num_classes**2).astype(np.int64)
+        dense = dense.reshape(num_classes, num_classes)
+        return {"confusion_matrix": dense.tolist(), "confusion_matrix_normalized": row_normalize(dense).tolist()}
+    unique, inverse = np.unique(cells, return_inverse=True)
+    sums = np.bincount(inverse.reshape(-1), weights=counts).astype(np.int64)
+    return {
+        "confusion_matrix": {
+            "shape": [num_classes, num_classes],
+            "true": (unique // num_classes).tolist(),
+            "predicted": (unique % num_classes).tolist(),
+            "count": sums.tolist(),
+        }
+    }
+
+
+def confusion_cells(metrics: dict) -> tuple[np.ndarray, np.ndarray]:
+    """``(cells, counts)`` of the non-zero cells of a metrics dict's ``confusion_matrix``, dense or
+    sparse (each cell ``true * C + predicted``)."""
+    matrix = metrics["confusion_matrix"]
+    if isinstance(matrix, dict):
+        num_classes = matrix["shape"][1]
+        cells = np.asarray(matrix["true"], np.int64) * num_classes + np.asarray(matrix["predicted"], np.int64)
+        return cells, np.asarray(matrix["count"], np.int64)
+    dense = np.asarray(matrix, np.int64).reshape(-1)
+    cells = np.flatnonzero(dense)
+    return cells, dense[cells]

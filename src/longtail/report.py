@@ -21,7 +21,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from longtail.config import LOSS_KNOBS
-from longtail.metrics import paired_differences
+from longtail.metrics import PER_CLASS_LIMIT, confusion_cells, paired_differences, row_normalize
 from longtail.runs import atomic_write_bytes
 
 # Numbers the study reported (fractions); strategies or metrics not listed were not reported.
@@ -117,7 +117,10 @@ def _by_count(train_counts: Sequence[int]) -> np.ndarray:
 
 def plot_confusion_matrix(metrics: dict, path, title: str) -> Path:
     """Heatmap of the row-normalised confusion matrix, each cell labelled with its value (colour
-    only beyond ``LABELLED_CLASSES`` classes, where the numbers would not be readable)."""
+    only beyond ``LABELLED_CLASSES`` classes, where the numbers would not be readable); beyond
+    ``PER_CLASS_LIMIT`` classes the groups' confusion instead (``plot_group_confusion``)."""
+    if len(metrics["class_names"]) > PER_CLASS_LIMIT:
+        return plot_group_confusion(metrics, path, title)
     matrix = np.asarray(metrics["confusion_matrix_normalized"], dtype=float)
     names = metrics["class_names"]
     many = len(names) > LABELLED_CLASSES
@@ -140,7 +143,10 @@ def plot_confusion_matrix(metrics: dict, path, title: str) -> Path:
 
 def plot_precision_recall(metrics: dict, path, title: str) -> Path:
     """Grouped bar chart of per-class precision and recall (in %), classes by training count
-    (largest first)."""
+    (largest first); beyond ``PER_CLASS_LIMIT`` classes a scatter against the training count
+    instead (``plot_precision_recall_by_count``)."""
+    if len(metrics["class_names"]) > PER_CLASS_LIMIT:
+        return plot_precision_recall_by_count(metrics, path, title)
     order = _by_count(metrics["train_counts"])
     names = [metrics["class_names"][c] for c in order]
     x = np.arange(len(names))
@@ -186,7 +192,10 @@ def plot_class_histogram(train_counts: Sequence[int], class_names: Sequence[str]
 
 
 def plot_recall_comparison(strategies: Mapping[str, dict], path) -> Path:
-    """Per-class recall (in %) of each strategy, one line per strategy."""
+    """Per-class recall (in %) of each strategy, one line per strategy; beyond ``PER_CLASS_LIMIT``
+    classes the mean recall by training count instead (``plot_recall_by_count``)."""
+    if len(next(iter(strategies.values()))["class_names"]) > PER_CLASS_LIMIT:
+        return plot_recall_by_count(strategies, path)
     fig = Figure(figsize=(10, 5), layout="constrained")
     ax = fig.add_subplot()
     markers = "osD^v<>ph*"
@@ -261,6 +270,112 @@ def plot_summary(strategies: Mapping[str, dict], path) -> Path:
     groups.grid(axis="x", alpha=0.3)
     groups.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12), fontsize=8, ncols=3, frameon=False)
     groups.set_title("Many / medium / few-shot classes")
+    return _save(fig, path)
+
+
+# Beyond PER_CLASS_LIMIT classes (ImageNet-LT, Places-LT, iNaturalist) a bar or a cell per class is
+# no longer readable: the figures below summarise the classes by frequency group or training count.
+GROUPS = ("many", "medium", "few")
+COUNT_BINS = 12  # log-spaced training-count bins of plot_recall_by_count
+
+
+def _group_of_class(metrics: dict) -> np.ndarray:
+    """The index in ``GROUPS`` of each class's frequency group."""
+    group_of = np.zeros(len(metrics["class_names"]), np.int64)
+    for index, group in enumerate(GROUPS):
+        group_of[metrics["group_classes"][group]] = index
+    return group_of
+
+
+def group_confusion(metrics: dict) -> np.ndarray:
+    """(3, 4): for the test images of each frequency group (rows: many, medium, few), the share
+    predicted correctly and the shares predicted as a wrong class of the many, medium and few
+    groups (a row sums to 1; 0 for a group without test images)."""
+    cells, counts = confusion_cells(metrics)
+    num_classes = len(metrics["class_names"])
+    true, predicted = cells // num_classes, cells % num_classes
+    group_of = _group_of_class(metrics)
+    table = np.zeros((len(GROUPS), 1 + len(GROUPS)))
+    right = true == predicted
+    np.add.at(table, (group_of[true[right]], 0), counts[right])
+    np.add.at(table, (group_of[true[~right]], 1 + group_of[predicted[~right]]), counts[~right])
+    return row_normalize(table)
+
+
+def plot_group_confusion(metrics: dict, path, title: str) -> Path:
+    """For many classes: where each frequency group's test images go (``group_confusion``), every
+    cell labelled: a head-biased classifier sends the tail's images to wrong head classes."""
+    table = group_confusion(metrics)
+    sizes = [len(metrics["group_classes"][group]) for group in GROUPS]
+    fig = Figure(figsize=(8, 4.5), layout="constrained")
+    ax = fig.add_subplot()
+    image = ax.imshow(table, cmap="Blues", vmin=0.0, vmax=1.0)
+    fig.colorbar(image, ax=ax)
+    for (row, col), value in np.ndenumerate(table):
+        ax.text(
+            col, row, f"{value:.2f}", ha="center", va="center", fontsize=9, color="white" if value > 0.5 else "black"
+        )
+    ax.set_xticks(range(1 + len(GROUPS)), ["correct", *(f"wrong: {group}" for group in GROUPS)])
+    ax.set_yticks(range(len(GROUPS)), [f"{group} ({n} classes)" for group, n in zip(GROUPS, sizes, strict=True)])
+    ax.set_xlabel("Predicted")
+    ax.set_ylabel("True group")
+    ax.set_title(f"{title}\n{len(metrics['class_names'])} classes in {metrics.get('grouping', 'thirds')} groups")
+    return _save(fig, path)
+
+
+def plot_precision_recall_by_count(metrics: dict, path, title: str) -> Path:
+    """For many classes: each class's precision and recall (in %) against its training count (log
+    scale), one point per class, with each group's mean recall as a line over its counts."""
+    counts = np.asarray(metrics["train_counts"])
+    fig = Figure(figsize=(10, 4.5), layout="constrained")
+    ax = fig.add_subplot()
+    for key, colour in (("precision", "tab:orange"), ("recall", "tab:blue")):
+        values = 100 * np.asarray(metrics["per_class"][key])
+        ax.scatter(counts, values, s=6, alpha=0.35, color=colour, label=f"{key} of a class", linewidths=0)
+    for group in GROUPS:
+        members = metrics["group_classes"][group]
+        if members and metrics["groups"][group] is not None:
+            span = counts[members]
+            ax.hlines(100 * metrics["groups"][group], span.min(), span.max(), colors="black", linewidth=2)
+            ax.text(span.max(), 100 * metrics["groups"][group] + 2, group, fontsize=8, ha="right")
+    ax.set_xscale("log")
+    ax.set_xlabel("training images of the class (log scale)")
+    ax.set_ylim(-3, 108)
+    ax.set_ylabel("%")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left", fontsize=8)
+    ax.set_title(f"{title}, {len(counts)} classes (black: a group's mean recall)")
+    return _save(fig, path)
+
+
+def _count_bins(counts: np.ndarray) -> np.ndarray:
+    """Log-spaced edges over the training counts (at most ``COUNT_BINS`` bins, none empty of counts)."""
+    edges = np.unique(np.geomspace(counts.min(), counts.max() + 1, COUNT_BINS + 1).round())
+    return edges if len(edges) > 1 else np.asarray([counts.min(), counts.max() + 1])
+
+
+def plot_recall_by_count(strategies: Mapping[str, dict], path) -> Path:
+    """For many classes: each strategy's mean recall (in %) of the classes in each training-count
+    bin (log-spaced), one line per strategy, plotted at the bins' geometric centres."""
+    first = next(iter(strategies.values()))
+    counts = np.asarray(first["train_counts"])
+    edges = _count_bins(counts)
+    bins = np.clip(np.searchsorted(edges, counts, side="right") - 1, 0, len(edges) - 2)
+    used = np.unique(bins)
+    centres = np.sqrt(edges[used] * edges[used + 1])
+    fig = Figure(figsize=(10, 5), layout="constrained")
+    ax = fig.add_subplot()
+    for index, (name, entry) in enumerate(strategies.items()):
+        recall = np.asarray(entry["per_class"]["recall"])
+        means = [100 * recall[bins == b].mean() for b in used]
+        ax.plot(centres, means, marker="o", linestyle="-" if index < 10 else "--", label=name)
+    ax.set_xscale("log")
+    ax.set_xlabel("training images of the class (log scale, binned)")
+    ax.set_ylim(0, 105)
+    ax.set_ylabel("mean recall of the bin's classes (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    ax.set_title(f"Recall by training count, {len(counts)} classes, by strategy")
     return _save(fig, path)
 
 
@@ -455,6 +570,30 @@ def per_class_rows(entry: dict) -> list[list[str]]:
     ]
 
 
+GROUP_HEADER = ("Group", "Classes", "Train images", "Precision", "Recall", "F1")
+
+
+def per_group_rows(entry: dict) -> list[list[str]]:
+    """Rows (``GROUP_HEADER``) of one strategy's metrics by frequency group: the group's classes and
+    training images, and the mean over its classes of their precision, recall and F1."""
+    counts = np.asarray(entry["train_counts"])
+    rows = []
+    for group in GROUPS:
+        members = entry["group_classes"][group]
+        means = [_pct(float(np.mean(np.asarray(entry["per_class"][key])[members]))) if members else _NONE
+                 for key in ("precision", "recall", "f1")]  # fmt: skip
+        rows.append([group, str(len(members)), str(int(counts[members].sum())), *means])
+    return rows
+
+
+def class_table(entry: dict) -> tuple[Sequence[str], list[list[str]]]:
+    """``(header, rows)`` of a strategy's per-class table, or beyond ``PER_CLASS_LIMIT`` classes its
+    per-group table (``per_group_rows``)."""
+    if len(entry["class_names"]) > PER_CLASS_LIMIT:
+        return GROUP_HEADER, per_group_rows(entry)
+    return PER_CLASS_HEADER, per_class_rows(entry)
+
+
 def _format_value(value) -> str:
     """A config or environment value as compact text."""
     return value if isinstance(value, str) else json.dumps(value, default=str)
@@ -579,7 +718,7 @@ def write_results_markdown(results: dict, path) -> None:
         lines += _md_table(comparison_header(flipped), comparison_rows(flipped))
     lines += ["", "## Per-class results (mean over seeds, %)"]
     for name, entry in strategies.items():
-        lines += ["", f"### {name}", ""] + _md_table(PER_CLASS_HEADER, per_class_rows(entry))
+        lines += ["", f"### {name}", ""] + _md_table(*class_table(entry))
     if results.get("runs"):
         lines += ["", "## Runs", ""] + _md_table(RUN_HEADER, run_rows(results["runs"]))
     lines += ["", "## Configuration", ""]
@@ -650,7 +789,7 @@ def _html_strategy_sections(strategies: Mapping[str, dict], figures: Mapping[str
         parts += [
             f"<h3>{html.escape(name)}</h3>",
             '<div class="strategy">',
-            _html_table(PER_CLASS_HEADER, per_class_rows(entry)),
+            _html_table(*class_table(entry)),
             _html_figure(figures[f"confusion_{name}"], f"Row-normalised confusion matrix: {name}"),
             "</div>",
         ]

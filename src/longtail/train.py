@@ -265,7 +265,7 @@ def _validate(state: TrainingState, dataset: Dataset, image_size: int, runtime: 
     """``(validation accuracy, (image size, validation features))`` of the current weights; the
     features are reused by the evaluation when these are the final weights."""
     features, logits = features_and_logits(
-        _evaluated_model(state), torch.from_numpy(dataset.val_images), image_size, dataset.mean, dataset.std, runtime
+        _evaluated_model(state), dataset.images("val"), image_size, dataset.mean, dataset.std, runtime
     )
     return float((logits.argmax(1).numpy() == dataset.val_labels).mean()), (image_size, features)
 
@@ -322,7 +322,7 @@ def train(
     model, info, dataset, bn_mode = runtime.on_all(lambda: _load(config, cache_dir, runtime))
     with RunLock(out) if runtime.is_main else nullcontext():
         resuming = runtime.on_main(lambda: prepare_run_dir(out, resume=resume, overwrite=overwrite))
-        images = torch.from_numpy(dataset.arrays.x_train[dataset.split.train]).to(runtime.device)
+        images = dataset.images("train").to(runtime.device)  # read batch by batch from a memory-mapped store
         labels = torch.from_numpy(dataset.train_labels).to(runtime.device)
         model = model.to(runtime.device, memory_format=torch.channels_last)
         checkpoint = runtime.on_all(lambda: read_checkpoint(out / CHECKPOINT_FILE) if resuming else None)

@@ -16,7 +16,7 @@ to 32..64 px.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -34,15 +34,20 @@ DEFAULT_STORE_SIZES = (32, 64)
 SHOWN_BAD_FILES = 10  # unreadable files named in an error message; the rest are counted
 
 
+def _thread_pool() -> ThreadPoolExecutor:
+    """A thread pool as large as the machine (at least two threads: decoding releases the GIL)."""
+    return ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2))
+
+
 def parallel_map(function: Callable, items: Sequence, label: str) -> list:
-    """``[function(item) for item in items]`` on a thread pool as large as the machine (at least two
-    threads: decoding releases the GIL), with a progress bar."""
-    with ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2)) as pool:
+    """``[function(item) for item in items]`` on a thread pool as large as the machine, with a progress bar."""
+    with _thread_pool() as pool:
         return list(progress_bar(pool.map(function, items), len(items), label))
 
 
-def progress_bar(items: Iterable, total: int, label: str) -> Iterable:
-    """``items`` with a progress bar on stderr, shown only when the work takes over a second."""
+def progress_bar(items: Iterable | None, total: int, label: str) -> tqdm:
+    """``items`` with a progress bar on stderr, shown only when the work takes over a second (``items``
+    None: a bar moved by its ``update``)."""
     return tqdm(
         items, total=total, desc=label, unit="img", leave=False, delay=1.0, mininterval=1.0 if os.isatty(2) else 30.0
     )
@@ -85,23 +90,42 @@ def decode_image(path: Path, height: int, width: int) -> np.ndarray:
     return np.asarray(image, dtype=np.uint8)
 
 
+def decoded_chunks(
+    files: Sequence[str | Path], height: int, width: int, label: str, chunk_size: int
+) -> Iterator[tuple[int, np.ndarray, list[tuple[int, str]]]]:
+    """``(start, images, failures)`` for ``chunk_size`` files at a time, in order: the ``decode_image``
+    of each (a thread pool, one progress bar for all) as a uint8 array (n, height, width, 3), and
+    ``(position in files, reason)`` of each file that could not be decoded (its row stays zero).
+    Memory holds one chunk, whatever the number of files."""
+    with _thread_pool() as pool, progress_bar(None, len(files), label) as bar:
+        for start in range(0, len(files), chunk_size):
+            images = np.zeros((min(chunk_size, len(files) - start), height, width, 3), np.uint8)
+
+            def decode(row: int, images=images, start=start) -> tuple[int, str] | None:
+                try:
+                    images[row] = decode_image(Path(files[start + row]), height, width)
+                except LongtailError as error:
+                    return start + row, str(error)
+                return None
+
+            failures = []
+            for failure in pool.map(decode, range(len(images))):
+                bar.update()
+                if failure:
+                    failures.append(failure)
+            yield start, images, failures
+
+
 def decode_images(
     files: Sequence[Path], height: int, width: int, label: str
 ) -> tuple[np.ndarray, list[tuple[int, str]]]:
     """``(images, failures)``: the ``decode_image`` of each file (threads, a progress bar) as one
     uint8 array (N, height, width, 3), and ``(position, reason)`` of each file that could not be
     decoded (its row stays zero)."""
-    images = np.zeros((len(files), height, width, 3), np.uint8)
-    failures = []
-
-    def decode(position: int) -> None:
-        try:
-            images[position] = decode_image(files[position], height, width)
-        except LongtailError as error:
-            failures.append((position, str(error)))
-
-    parallel_map(decode, range(len(files)), label)
-    return images, sorted(failures)
+    if not files:
+        return np.zeros((0, height, width, 3), np.uint8), []
+    ((_, images, failures),) = decoded_chunks(files, height, width, label, chunk_size=len(files))
+    return images, failures
 
 
 def _image_size(path: Path) -> tuple[int, int] | None:

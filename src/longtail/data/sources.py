@@ -75,9 +75,12 @@ def _sha256_arrays(*arrays: np.ndarray) -> str:
 
 @dataclass(frozen=True)
 class Arrays:
-    """A whole dataset in memory: uint8 images (N, H, W, 3) and int64 labels. ``x_test`` is empty
-    for a source without test images (its test split is held out of the training images,
-    ``Split.test``); ``skipped`` names the unreadable image files left out (``--skip-bad-images``)."""
+    """A whole dataset: uint8 images (N, H, W, 3), in memory or memory-mapped (``np.memmap``, a list
+    source's store: ``longtail.data.store``), and int64 labels. ``x_test`` is empty for a source
+    without test images (its test split is held out of the training images, ``Split.test``);
+    ``skipped`` names the unreadable image files left out (``--skip-bad-images``); ``val_rows`` are
+    the rows of ``x_train`` that are the source's own validation split (a ``--val-list``; None: the
+    validation split is held out of the training images)."""
 
     x_train: np.ndarray
     y_train: np.ndarray
@@ -87,10 +90,16 @@ class Arrays:
     fingerprint: str  # sha256 identifying the source
     source: str
     skipped: tuple[str, ...] = ()
+    val_rows: np.ndarray | None = None
 
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
+
+    @property
+    def store_file(self) -> str | None:
+        """The file of the memory-mapped store that holds the images (None: they are in memory)."""
+        return str(self.x_train.filename) if isinstance(self.x_train, np.memmap) else None
 
     @property
     def image_shape(self) -> tuple[int, int]:
@@ -356,6 +365,38 @@ def _cached_decode(
     return arrays
 
 
+def data_path(source: str | os.PathLike | None) -> Path:
+    """The path of ``--data`` (``LONGTAIL_DATA`` when not given), checked to exist and be readable."""
+    if source is None:
+        source = os.environ.get("LONGTAIL_DATA")
+        if not source:
+            raise LongtailError(
+                "no data given: pass --data PATH (an .npz, an image folder, a .tar.gz, a torchvision CIFAR-10/100 "
+                "root, or the image root of --train-list) or set LONGTAIL_DATA"
+            )
+    path = Path(source).expanduser()
+    try:
+        exists = path.exists()
+    except OSError as error:  # e.g. PermissionError: a folder on the way cannot be searched
+        raise LongtailError(f"data path {path} cannot be accessed ({error.strerror}); check its permissions") from error
+    if not exists:
+        raise LongtailError(
+            f"data path {path} does not exist; pass --data with an existing .npz, image folder, "
+            ".tar.gz or CIFAR-10/100 root (or the image root of --train-list)"
+        )
+    if not os.access(path, os.R_OK):
+        raise LongtailError(f"data path {path} is not readable; check its permissions")
+    return path
+
+
+def cache_directory(cache_dir: Path | None) -> Path:
+    """``cache_dir`` (the default one when None), checked not to be a file."""
+    cache_dir = Path(cache_dir or default_cache_dir())
+    if cache_dir.exists() and not cache_dir.is_dir():
+        raise LongtailError(f"cache directory {cache_dir} is a file, not a directory: pass another --cache-dir")
+    return cache_dir
+
+
 def load_arrays(
     source: str | os.PathLike | None,
     cache_dir: Path | None = None,
@@ -368,28 +409,8 @@ def load_arrays(
     ``skip_bad_images`` decode image folders and tarballs; ``test_fraction`` says a test split
     will be held out of the training images, so the source must have none of its own (and
     without it, must have one)."""
-    if source is None:
-        source = os.environ.get("LONGTAIL_DATA")
-        if not source:
-            raise LongtailError(
-                "no data given: pass --data PATH (an .npz, an image folder, a .tar.gz or a "
-                "torchvision CIFAR-10/100 root) or set LONGTAIL_DATA"
-            )
-    path = Path(source).expanduser()
-    cache_dir = Path(cache_dir or default_cache_dir())
-    try:
-        exists = path.exists()
-    except OSError as error:  # e.g. PermissionError: a folder on the way cannot be searched
-        raise LongtailError(f"data path {path} cannot be accessed ({error.strerror}); check its permissions") from error
-    if not exists:
-        raise LongtailError(
-            f"data path {path} does not exist; pass --data with an existing .npz, image folder, "
-            ".tar.gz or CIFAR-10/100 root"
-        )
-    if not os.access(path, os.R_OK):
-        raise LongtailError(f"data path {path} is not readable; check its permissions")
-    if cache_dir.exists() and not cache_dir.is_dir():
-        raise LongtailError(f"cache directory {cache_dir} is a file, not a directory: pass another --cache-dir")
+    path = data_path(source)
+    cache_dir = cache_directory(cache_dir)
     decoding = dict(store_size=store_size, skip_bad_images=skip_bad_images, test_fraction=test_fraction)
     if path.is_file() and path.suffix == ".npz":
         _refuse_store_size(store_size, path)
