@@ -179,7 +179,8 @@ def _flat_update(state: dict, initial: dict) -> torch.Tensor:
 
 
 @pytest.mark.skipif(not dist.is_gloo_available(), reason="torch built without gloo")
-def test_torchrun_two_processes_match_one(tmp_path, lt_subset, weights_file, cache_dir):
+@pytest.mark.parametrize("frozen_blocks", [0, 2], ids=["full-fine-tuning", "frozen-blocks"])
+def test_torchrun_two_processes_match_one(tmp_path, lt_subset, weights_file, cache_dir, frozen_blocks):
     driver = tmp_path / "driver.py"
     driver.write_text(DRIVER)
     logs = {"single": tmp_path / "single-logs", "ddp": tmp_path / "ddp-logs"}
@@ -206,6 +207,8 @@ def test_torchrun_two_processes_match_one(tmp_path, lt_subset, weights_file, cac
         "--no-augment",  # augmentation draws from a per-rank stream
         "--device",
         "cpu",
+        "--freeze-blocks",
+        str(frozen_blocks),
     ]
     commands = {
         "single": [sys.executable, str(driver), *common, "--out", str(outs["single"])],
@@ -260,6 +263,11 @@ def test_torchrun_two_processes_match_one(tmp_path, lt_subset, weights_file, cac
     single_update, ddp_update = _flat_update(single_state, initial), _flat_update(ddp_state, initial)
     assert single_update.abs().max() > 3 * MAX_ABS_DIFF, "training should have moved the weights"
     assert (ddp_update - single_update).norm() <= UPDATE_RTOL * single_update.norm()
+    # --freeze-blocks: both keep features[0:K] at the loaded weights, bit for bit.
+    frozen = [name for name in initial if name.startswith(tuple(f"features.{b}." for b in range(frozen_blocks)))]
+    assert bool(frozen) == bool(frozen_blocks)
+    for state in (single_state, ddp_state):
+        assert all(torch.equal(state[name], initial[name]) for name in frozen)
     differences = {
         key: (ddp_state[key].double() - value.double()).abs().max().item() for key, value in single_state.items()
     }
