@@ -558,3 +558,122 @@ def test_reproduce_finds_a_missing_validation_split_before_any_training(workspac
     )
     assert "decoupled-cb-focal-tuned (beta and gamma and the feature size)" in line
     assert not out.exists() and not (tmp_path / "cache").exists()  # refused before even reading the data
+
+
+# ---------------------------------------------------------------- test and target priors
+
+BAD_PRIOR_NAMES = ["sideways", "forward-0.5", "backward-0", "forward-x", "uniform,,train", "train,train"]
+
+
+def _weights_file(tmp_path: Path, kind: str) -> Path:
+    """A weights file that no run of the 4-class workspace accepts (``kind``), or that only a test
+    prior accepts (``zero-class``)."""
+    path = tmp_path / f"{kind}.txt"
+    path.write_text(
+        {
+            "wrong-count": "1 2 3",
+            "negative": "1 2 -1 3",
+            "all-zero": "0 0 0 0",
+            "not-numbers": "1 2 three 4",
+            "zero-class": "1 0 2 3",
+        }[kind]  # fmt: skip
+    )
+    return path
+
+
+BAD_WEIGHTS = ["wrong-count", "negative", "all-zero", "not-numbers"]
+
+
+def _prior_commands(workspace: dict, tmp_path: Path) -> dict[str, tuple[list[str], Path]]:
+    """Per command that takes --test-priors: its argv up to the option and what it would write."""
+    run = _copy_run(workspace, tmp_path)
+    cache = ["--cache-dir", str(workspace["cache"])]
+    return {
+        "train": (_train_argv(workspace["npz"], tmp_path / "cache", tmp_path / "new-run"), tmp_path / "new-run"),
+        "decouple": (["decouple", str(run), "--out", str(tmp_path / "head"), *cache], tmp_path / "head"),
+        "evaluate": (["evaluate", str(run), *cache], run / "metrics.json"),
+        "reproduce": (
+            [
+                "reproduce",
+                "--data",
+                str(workspace["npz"]),
+                "--weights",
+                "none",
+                "--out",
+                str(tmp_path / "study"),
+                "--cache-dir",
+                str(tmp_path / "cache"),
+            ],  # fmt: skip
+            tmp_path / "study",
+        ),
+    }
+
+
+@pytest.mark.parametrize("command", ["train", "decouple", "evaluate", "reproduce"])
+@pytest.mark.parametrize("value", BAD_PRIOR_NAMES + BAD_WEIGHTS)
+def test_a_bad_test_prior_is_refused_before_anything_is_written(workspace, tmp_path, command, value):
+    argv, written = _prior_commands(workspace, tmp_path)[command]
+    if value in BAD_WEIGHTS:
+        value = str(_weights_file(tmp_path, value))
+    existed = written.exists()
+    _assert_refused([*argv, "--test-priors", value], ["--test-priors"], [tmp_path, workspace["cache"]])
+    assert written.exists() == existed
+
+
+def _predict_argv(workspace: dict, tmp_path: Path) -> list[str]:
+    image = tmp_path / "image.png"
+    image.write_bytes(_png_bytes())
+    return ["predict", str(workspace["run"]), str(image), "--out", str(tmp_path / "predictions.csv")]
+
+
+@pytest.mark.parametrize("command", ["decouple", "predict"])
+@pytest.mark.parametrize("value", ["sideways", "forward-0.5", "train,uniform", *BAD_WEIGHTS, "zero-class"])
+def test_a_bad_target_prior_is_refused_before_anything_is_written(workspace, tmp_path, command, value):
+    if command == "decouple":
+        argv = _prior_commands(workspace, tmp_path)["decouple"][0]
+    else:
+        argv = _predict_argv(workspace, tmp_path)
+    if value in (*BAD_WEIGHTS, "zero-class"):
+        value = str(_weights_file(tmp_path, value))
+    _assert_refused(
+        [*argv, "--target-prior", value], ["--target-prior"], [tmp_path, workspace["cache"], workspace["run"]]
+    )
+    assert not (tmp_path / "head").exists() and not (tmp_path / "predictions.csv").exists()
+
+
+def test_a_weights_file_with_a_class_at_zero_is_a_test_prior(workspace, tmp_path):
+    run = _copy_run(workspace, tmp_path)
+    weights = _weights_file(tmp_path, "zero-class")
+    status, _, stderr = _call(["evaluate", str(run), "--cache-dir", str(workspace["cache"]), "--test-priors",
+                               f"train,{weights}"])  # fmt: skip
+    assert status == 0, stderr
+    under = json.loads((run / "metrics.json").read_text())["under_prior"]
+    assert list(under) == ["train", str(weights)] and under[str(weights)]["prior"] == [1 / 6, 0.0, 2 / 6, 3 / 6]
+
+
+def test_a_target_prior_without_a_validation_split_is_refused(workspace, tmp_path):
+    run = tmp_path / "no-val"
+    argv = _train_argv(workspace["npz"], workspace["cache"], run)
+    argv[argv.index("--val-per-class") + 1] = "0"
+    status, _, stderr = _call(argv)
+    assert status == 0, stderr
+    head = tmp_path / "head"
+    _assert_refused(
+        [
+            "decouple",
+            str(run),
+            "--out",
+            str(head),
+            "--feature-size",
+            "stage1",
+            "--loss",
+            "ce",
+            "--cache-dir",
+            str(workspace["cache"]),
+            "--target-prior",
+            "train",
+        ],  # fmt: skip
+        ["--target-prior train", "validation split"],
+        [tmp_path],
+    )
+    assert not head.exists()

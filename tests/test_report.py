@@ -19,6 +19,7 @@ from matplotlib.image import imread
 
 from longtail import report
 from longtail.metrics import aggregate_seeds, classification_metrics
+from longtail.priors import DEFAULT_TEST_PRIORS, with_test_priors
 
 CLASS_NAMES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 # CIFAR-10-LT, imbalance factor 100.
@@ -45,13 +46,15 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 CHROMIUM_TIMEOUT_S = 120
 
 
-def _fake_metrics(rng: np.random.Generator, skill: float) -> dict:
-    """Metrics of random predictions that are right more often for frequent classes."""
+def _fake_metrics(rng: np.random.Generator, skill: float, head: float = 0.95, tail: float = 0.35) -> dict:
+    """Metrics of random predictions that are right more often for frequent classes (hit rates
+    from ``head`` down to ``tail``, plus ``skill``), with their metrics under the default test
+    priors, as ``save_evaluation`` writes them."""
     y_true = np.repeat(np.arange(len(CLASS_NAMES)), 100)
-    hit_rate = np.clip(np.linspace(0.95, 0.35, len(CLASS_NAMES)) + skill, 0.0, 1.0)[y_true]
+    hit_rate = np.clip(np.linspace(head, tail, len(CLASS_NAMES)) + skill, 0.0, 1.0)[y_true]
     guesses = rng.integers(0, len(CLASS_NAMES), len(y_true))
     y_pred = np.where(rng.random(len(y_true)) < hit_rate, y_true, guesses)
-    return classification_metrics(y_true, y_pred, CLASS_NAMES, COUNTS)
+    return with_test_priors(classification_metrics(y_true, y_pred, CLASS_NAMES, COUNTS), DEFAULT_TEST_PRIORS)
 
 
 def _fake_results(names: tuple[str, ...] = STRATEGIES) -> dict:
@@ -186,7 +189,7 @@ def test_confusion_matrix_size(tmp_path):
 def test_study_figures_one_confusion_per_strategy(rendered):
     results, out_dir = rendered
     figures = sorted((out_dir / "figures").glob("*.png"))
-    assert len(figures) == len(STRATEGIES) + 4
+    assert len(figures) == len(STRATEGIES) + 5
     for path in figures:
         _assert_png(path)
     names = {path.name for path in figures}
@@ -195,6 +198,7 @@ def test_study_figures_one_confusion_per_strategy(rendered):
         "precision_recall_baseline.png",
         "recall_comparison.png",
         "class_histogram.png",
+        "prior_accuracy.png",
         "confusion_baseline.png",
         "confusion_mixup_tuned.png",
     } <= names
@@ -243,7 +247,7 @@ def test_html_is_self_contained(rendered):
     assert not re.search(r"""(?:src|href)\s*=\s*["']?\s*(?:https?:)?//""", page, re.IGNORECASE)
     assert "<link" not in page.lower()
     images = re.findall(r"<img\b[^>]*>", page)
-    assert len(images) == len(STRATEGIES) + 4
+    assert len(images) == len(STRATEGIES) + 5
     assert all('src="data:image/png;base64,' in image for image in images)
 
 
@@ -262,7 +266,7 @@ def test_html_escapes_and_shows_everything(rendered):
 def test_html_renders_in_headless_chromium(rendered, tmp_path):
     results, out_dir = rendered
     dom = _chromium("--dump-dom", (out_dir / "report.html").as_uri(), tmp_path=tmp_path).stdout
-    assert f'data-images-loaded="{len(STRATEGIES) + 4}"' in dom
+    assert f'data-images-loaded="{len(STRATEGIES) + 5}"' in dom
     for name in STRATEGIES:
         strategy = name.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
         assert re.search(rf"<tr><td>{re.escape(strategy)}</td><td>", dom), name
@@ -473,3 +477,97 @@ def test_one_seed_shows_the_mean_alone_and_says_why(tmp_path):
     assert "±" not in _md_row(markdown, "baseline")[2] and _md_row(markdown, "baseline")[2].endswith("(n=1)")
     assert "one seed has no standard deviation" in markdown
     report.plot_summary(results["strategies"], tmp_path / "summary.png")  # no error bar, no error
+
+
+# ---------------------------------------------------------------- under the deployment prior
+
+
+def _deployment_results() -> dict:
+    """Two seeds of three strategies as the study sees them: a baseline that recalls the head
+    classes best, a balanced head that recalls every class alike, and one in between."""
+    rng = np.random.default_rng(7)
+    profiles = {"baseline": (0.99, 0.40), "reweight": (0.93, 0.62), "decoupled-modified-ce": (0.86, 0.80)}
+    strategies = {
+        name: aggregate_seeds([_fake_metrics(rng, 0.0, head, tail) for _ in SEEDS], SEEDS)
+        for name, (head, tail) in profiles.items()
+    }
+    return {"config": {"data": "cifar10.npz", "imbalance": 100.0, "seeds": list(SEEDS)}, "strategies": strategies}
+
+
+def test_the_report_shows_top1_under_each_test_prior_and_says_which_strategy_wins_where(tmp_path, monkeypatch):
+    results = _deployment_results()
+    strategies = results["strategies"]
+    figures = _drawn_figures(monkeypatch)
+    report.render_study(results, tmp_path, environment=ENVIRONMENT)
+    (ax,) = next(figure for figure in figures if figure.axes[0].get_title().startswith("Top-1 by the class prior")).axes
+    axis = [label.get_text() for label in ax.get_xticklabels()]
+    assert axis == ["forward-50", "forward-25", "forward-10", "forward-5", "forward-2", "uniform", "backward-2",
+                    "backward-5", "backward-10", "backward-25", "backward-50"]  # fmt: skip
+    lines = {line.get_label(): line.get_ydata() for line in ax.get_lines() if not line.get_label().startswith("_")}
+    assert list(lines) == list(strategies)
+    for name, values in lines.items():
+        expected = [100 * strategies[name]["under_prior"][prior]["accuracy"] for prior in axis]
+        assert list(values) == pytest.approx(expected)
+    # The head-heavy baseline wins under the training prior and the forward long tails, the
+    # balanced head from uniform to the backward ones: the sentence says so, from the numbers.
+    best = {p: max(strategies, key=lambda n: strategies[n]["under_prior"][p]["accuracy"]) for p in ["train", *axis]}
+    assert best["train"] == best["forward-50"] == "baseline"
+    assert best["uniform"] == best["backward-50"] == "decoupled-modified-ce"
+    verdict = report.prior_verdict(strategies)
+    assert verdict.startswith("The best strategy depends on the prior it is deployed to (mean top-1 over 2 seeds)")
+    baseline_train = report._pct(strategies["baseline"]["under_prior"]["train"]["accuracy"])
+    assert f"under the training prior, baseline ({baseline_train}%)" in verdict
+    assert "decoupled-modified-ce (" in verdict and "to backward-50" in verdict
+    # The table: top-1 beside top-1 under train, uniform and backward-10, mean ± sample std.
+    markdown = (tmp_path / "results.md").read_text(encoding="utf-8")
+    section = _table(markdown, "## Under the deployment prior")
+    assert section[0] == list(report.prior_header(strategies))
+    assert section[0][2:] == ["Under the training prior (mean ± std)", "Under uniform (mean ± std)",
+                              "Under backward-10 (mean ± std)"]  # fmt: skip
+    rows = {row[0]: row for row in section[1:]}
+    entry = strategies["reweight"]["under_prior"]["backward-10"]
+    assert rows["reweight"][4] == f"{report._pct(entry['accuracy'])} ± {report._pct(entry['std'])}"
+    assert entry["std"] == pytest.approx(np.std(entry["accuracy_by_seed"], ddof=1))
+    assert rows["baseline"][1] == report._mean_std(strategies["baseline"], "accuracy")
+    assert verdict in markdown and "figures/prior_accuracy.png" in markdown
+    page = (tmp_path / "report.html").read_text(encoding="utf-8")
+    assert "<h2>Under the deployment prior</h2>" in page and html.escape(verdict) in page
+
+
+def test_the_prior_figure_in_headless_chromium(tmp_path):
+    """The report of fake results opens in Chromium with the new figure decoded; the screenshot
+    (``prior-report.png``) is the page from the summary chart down to the deployment table."""
+    results = _deployment_results()
+    report.render_study(results, tmp_path, environment=ENVIRONMENT)
+    uri = (tmp_path / "report.html").as_uri()
+    dom = _chromium("--dump-dom", uri, tmp_path=tmp_path).stdout
+    assert f'data-images-loaded="{len(results["strategies"]) + 5}"' in dom
+    assert dom.index("<h2>Comparison</h2>") < dom.index("<h2>Under the deployment prior</h2>")
+    assert dom.index('alt="Top-1 by the class prior of the deployment') < dom.index("<h2>Study-reported numbers</h2>")
+    shot = tmp_path / "prior-report.png"
+    _chromium(f"--screenshot={shot}", "--window-size=1280,2400", uri, tmp_path=tmp_path)
+    _assert_png(shot)
+    assert imread(shot).std() > 0
+    _assert_png(tmp_path / "figures" / "prior_accuracy.png")
+
+
+def test_results_without_test_priors_have_no_deployment_section(tmp_path):
+    results = _fake_results(("baseline", "reweight"))
+    for entry in results["strategies"].values():
+        del entry["under_prior"]
+    report.render_study(results, tmp_path, environment=ENVIRONMENT)
+    assert not (tmp_path / "figures" / "prior_accuracy.png").exists()
+    assert "deployment prior" not in (tmp_path / "results.md").read_text(encoding="utf-8")
+    assert report.prior_verdict(results["strategies"]) == ""
+
+
+def test_strategies_equal_under_a_prior_are_named_together():
+    results = _deployment_results()
+    strategies = {**results["strategies"], "baseline again": results["strategies"]["baseline"]}
+    verdict = report.prior_verdict(strategies)
+    train = report._pct(strategies["baseline"]["under_prior"]["train"]["accuracy"])
+    assert f"under the training prior, baseline and baseline again (tied, {train}%)" in verdict
+    only = {"decoupled-modified-ce": results["strategies"]["decoupled-modified-ce"]}
+    assert report.prior_verdict(only).startswith(
+        "decoupled-modified-ce has the best mean top-1 over 2 seeds under every"
+    )

@@ -44,6 +44,7 @@ from longtail.config import (
     study_config,
 )
 from longtail.errors import LongtailError
+from longtail.priors import DEFAULT_TEST_PRIORS_TEXT, parse_target_prior, parse_test_priors
 
 DESCRIPTION = (
     "Long-tailed image classification with EfficientNet-B0 (CIFAR-10-LT, or your own images): see how a data "
@@ -325,6 +326,30 @@ def _add_train_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--compile", action="store_true", default=None, help="torch.compile the model (default off)")
 
 
+def _add_test_priors_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--test-priors",
+        type=parse_test_priors,
+        metavar="NAME,...",
+        help="also give the metrics under these class priors of the world the classifier is deployed to "
+        "(metrics.json's under_prior; exact re-weighting of the test confusion matrix): uniform, train (the "
+        "training split's frequencies), forward-N or backward-N (a long tail of imbalance N >= 1 in the training "
+        "order, or reversed), or the path of a file of per-class weights "
+        f"(default {DEFAULT_TEST_PRIORS_TEXT})",
+    )
+
+
+def _add_target_prior_option(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument(
+        "--target-prior",
+        type=parse_target_prior,
+        metavar="NAME",
+        help=f"serve {what} under this class prior (a --test-priors name or weights file): its logits shifted by "
+        "tau (log prior - log the prior it is calibrated to), tau chosen on the validation split re-weighted to "
+        "that prior, 0 unless it helps there (default: none, the logits as trained)",
+    )
+
+
 def _command(commands, name: str, summary: str) -> argparse.ArgumentParser:
     """A subcommand whose one-line summary is both its line in `longtail --help` and the start of its own --help."""
     return commands.add_parser(name, help=summary, description=summary[0].upper() + summary[1:] + ".")
@@ -349,6 +374,7 @@ def build_parser() -> argparse.ArgumentParser:
     train = _command(commands, "train", "stage 1: train EfficientNet-B0 end to end, then evaluate it")
     _add_data_options(train)
     _add_train_options(train)
+    _add_test_priors_option(train)
     train.add_argument("--out", type=Path, required=True, help="run directory (required)")
     train.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     train.add_argument("--overwrite", action="store_true", help="replace what --out holds")
@@ -416,6 +442,8 @@ def build_parser() -> argparse.ArgumentParser:
     decouple.add_argument(
         "--seed", type=int, help=f"seed of the head's initialisation and sampling ({_default(Stage2Config, 'seed')})"
     )
+    _add_target_prior_option(decouple, "the head")
+    _add_test_priors_option(decouple)
     decouple.add_argument("--overwrite", action="store_true", help="replace what --out holds")
     decouple.add_argument(
         "--cache-dir",
@@ -475,6 +503,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         help=f"B0's features[0:K] kept fixed, 0-{MAX_FREEZE_BLOCKS} (default: the preset's)",
     )
+    _add_test_priors_option(reproduce)
     reproduce.add_argument(
         "--out", type=Path, required=True, help="the study's directory: its runs, results.md and report.html (required)"
     )
@@ -491,6 +520,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         help="where the run's data is cached (default: $LONGTAIL_CACHE or ~/.cache/longtail)",
     )
+    _add_test_priors_option(evaluate)
 
     predict = _command(
         commands, "predict", "classify image files or folders with a finished run (or a stage-2 head fitted on it)"
@@ -508,6 +538,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument(
         "--top-k", type=int, help=f"classes listed per image (default {DEFAULT_TOP_K}, or all if fewer)"
     )
+    _add_target_prior_option(predict, "the classifier (the run's, or --head's)")
     return parser
 
 
@@ -573,7 +604,14 @@ def _train_config(args) -> TrainConfig:
 def _command_train(args) -> None:
     from longtail.train import train
 
-    out = train(_train_config(args), args.out, resume=args.resume, overwrite=args.overwrite, cache_dir=args.cache_dir)
+    out = train(
+        _train_config(args),
+        args.out,
+        resume=args.resume,
+        overwrite=args.overwrite,
+        cache_dir=args.cache_dir,
+        **_given(args, ("test_priors",)),
+    )
     print(f"finished: {out} (metrics in {out / 'metrics.json'})")
 
 
@@ -588,7 +626,14 @@ def _command_decouple(args) -> None:
     config = _stage2_config(args)
     from longtail.decouple import decouple
 
-    metrics = decouple(args.run, config, args.out, overwrite=args.overwrite, cache_dir=args.cache_dir)
+    metrics = decouple(
+        args.run,
+        config,
+        args.out,
+        overwrite=args.overwrite,
+        cache_dir=args.cache_dir,
+        **_given(args, ("test_priors", "target_prior")),
+    )
     _print_summary(metrics, args.out)
 
 
@@ -614,6 +659,7 @@ def _command_reproduce(args) -> None:
         cache_dir=args.cache_dir,
         overrides=data_settings,
         **settings,
+        **_given(args, ("test_priors",)),
     )
     for name, entry in results["strategies"].items():
         std = entry["std"]["accuracy"]  # the sample std; one seed has none
@@ -642,7 +688,7 @@ def _command_evaluate(args) -> None:
     else:
         from longtail.evaluation import evaluate_run as evaluate
     with RunLock(args.run):
-        metrics = evaluate(args.run, cache_dir=args.cache_dir)
+        metrics = evaluate(args.run, cache_dir=args.cache_dir, **_given(args, ("test_priors",)))
     _print_summary(metrics, args.run)
 
 
@@ -650,9 +696,16 @@ def _command_predict(args) -> None:
     check_prediction_options(args.out, args.top_k)
     from longtail.prediction import predict, write_predictions
 
-    predictions = predict(args.run, args.paths, head=args.head, top_k=args.top_k)
+    predictions = predict(args.run, args.paths, head=args.head, top_k=args.top_k, target_prior=args.target_prior)
     for _, why in predictions.failed:
         print(f"longtail: skipped {why}", file=sys.stderr)
+    if predictions.target_prior is not None:
+        adjustment = predictions.target_prior
+        print(
+            f"longtail: logits adjusted to the prior {adjustment['name']} (tau {adjustment['tau']:g}, chosen on the "
+            "validation split)",
+            file=sys.stderr,
+        )
     write_predictions(predictions, args.out)
     if args.out is not None:
         print(f"classified {len(predictions.paths)} images -> {args.out}")

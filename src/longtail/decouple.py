@@ -24,6 +24,13 @@ them and was not given them: one head per setting of a grid as large as Modified
 (``tuning_grid``), all trained side by side, the best on validation kept (ties: the setting closest
 to the fixed one). Balanced Softmax has no knob: it is logit-adjusted CE at tau = 1.
 Every resulting head is stored as one plain ``nn.Linear`` (or ``CosineLinear`` for LDAM).
+
+A head can be served under a known deployment prior (``target_prior``, ``--target-prior``): its
+logits shifted by ``tau (log pi_target - log pi_own)``, tau chosen on the validation split
+re-weighted to the target (``longtail.priors.choose_adjustment``), recorded in run.json
+(``target_prior``) and applied wherever the head is used (``adjusted_logits``: its evaluation,
+``longtail predict``). ``pi_own``, the prior the head is calibrated to, is read from how it was
+trained (``head_calibration``).
 """
 
 from __future__ import annotations
@@ -52,9 +59,19 @@ from longtail.config import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE, Stage2Config, TrainC
 from longtail.data import Dataset
 from longtail.errors import LongtailError
 from longtail.evaluation import save_evaluation
-from longtail.features import Features, apply_head, load_or_extract_features
-from longtail.losses import MODIFIED_CE, build_loss, loss_spec
+from longtail.features import Features, load_or_extract_features, softmax_logits
+from longtail.losses import MODIFIED_CE, build_loss, class_balanced_weights, inverse_frequency_weights, loss_spec
 from longtail.models import make_head
+from longtail.priors import (
+    DEFAULT_TEST_PRIORS,
+    Calibration,
+    Prior,
+    check_classes,
+    choose_adjustment,
+    cross_entropy_calibration,
+    logit_adjusted,
+    uniform_calibration,
+)
 from longtail.resolution import GRID_STEP
 from longtail.runs import (
     RUN_FILE,
@@ -67,6 +84,7 @@ from longtail.runs import (
 )
 from longtail.runtime import Runtime
 from longtail.samplers import epoch_generator, epoch_order
+from longtail.strategies import calibration as stage1_calibration
 from longtail.strategies import class_balanced_beta, uses_cosine_head
 
 __all__ = ["Stage2Config", "decouple", "decouple_many", "evaluate_decoupled"]  # Stage2Config: longtail.config
@@ -394,6 +412,75 @@ def fit_stage2_heads(
     return fitted
 
 
+# ---------------------------------------------------------------- the prior a head is calibrated to
+
+
+def head_calibration(
+    config: Stage2Config, chosen: Mapping, counts: list[int], stage1_config: TrainConfig
+) -> Calibration:
+    """The class prior the softmax of a stage-2 head (its resolved ``config`` and run.json's
+    ``chosen``) is calibrated to, with its reading (``longtail.priors``):
+
+    - ``retrain`` and ``lws``: cross-entropy read on the head's sampler (instance: the training
+      prior; class-balanced, as cRT and LWS: uniform), times the loss's class weights
+      (class-balanced and cb-focal: the Class-Balanced weights of its beta; inverse-frequency-ce:
+      1 / n), divided by ``pi_train ** tau`` for a loss that adds ``tau log pi_train`` to the logits
+      (balanced-softmax: tau = 1, so uniform; logit-adjusted and modified-ce: the tau it used, so
+      ``pi_train ** (1 - tau)``). Focal's focusing and LDAM's margins are read as no prior shift.
+    - ``post-hoc-la``: the stage-1 classifier's prior (``strategies.calibration``) divided by
+      ``pi_train ** tau``.
+    - ``tau-norm``: uniform, a reading: its tau is chosen for accuracy on the balanced validation
+      split, and rescaling the weights' norms is no exact prior shift.
+    """
+    if config.method == "tau-norm":
+        return uniform_calibration(
+            len(counts), "uniform: tau-normalisation, its tau chosen on the balanced validation split (a reading)"
+        )
+    if config.method == "post-hoc-la":
+        return logit_adjusted(stage1_calibration(stage1_config, counts), counts, chosen["tau"], "post hoc")
+    loss = config.resolved_loss if config.method == "retrain" else "ce"
+    weights, weighting = None, ""
+    if loss in ("class-balanced", "cb-focal"):
+        weights, weighting = (
+            class_balanced_weights(counts, chosen["beta"]).numpy(),
+            f"class-balanced, beta = {chosen['beta']:g}",
+        )
+    elif loss == "inverse-frequency-ce":
+        weights, weighting = inverse_frequency_weights(counts).numpy(), "inverse frequency"
+    calibration = cross_entropy_calibration(
+        counts, balanced_draw=config.resolved_sampler == "class-balanced", class_weights=weights, weighting=weighting
+    )
+    tau = {"balanced-softmax": 1.0, "logit-adjusted": chosen.get("tau"), "modified-ce": chosen.get("tau")}.get(loss)
+    return calibration if tau is None else logit_adjusted(calibration, counts, tau, "in the loss")
+
+
+def target_adjustment(
+    target: Prior, head: nn.Module, calibration: Calibration, val_features: torch.Tensor, dataset: Dataset
+) -> dict:
+    """run.json's ``target_prior``: the shift of ``head``'s logits toward the prior ``target``,
+    its tau chosen on the validation split (``val_features``) re-weighted to the target
+    (``longtail.priors.choose_adjustment``), and the head's own prior with its reading."""
+    counts = dataset.split.train_counts
+    val_logits = softmax_logits(head, val_features).numpy()
+    goal = target.probabilities(counts)
+    adjustment = choose_adjustment(val_logits, dataset.val_labels, goal, np.asarray(calibration.prior))
+    return {
+        "name": target.name,
+        **adjustment,
+        "own_prior": list(calibration.prior),
+        "own_prior_reading": calibration.reading,
+    }
+
+
+def adjusted_logits(
+    head: nn.Module, features: torch.Tensor, adjustment: Mapping | None, flipped: torch.Tensor | None = None
+) -> torch.Tensor:
+    """The head's softmax logits (``features.softmax_logits``, flip TTA with ``flipped``), plus the
+    shift of its ``adjustment`` toward a target prior (``target_adjustment``) where it has one."""
+    logits = softmax_logits(head, features, flipped)
+    return logits if adjustment is None else logits + torch.tensor(adjustment["shift"], dtype=logits.dtype)
+
+
 # ---------------------------------------------------------------- run directories
 
 
@@ -476,9 +563,26 @@ def _check_request(stage1_dir: Path, runs: Mapping[Path, Stage2Config], overwrit
         check_run_dir(Path(out), resume=False, overwrite=overwrite, kind="decouple")
 
 
-def _check_against_stage1(stage1_dir: Path, stage1_config: TrainConfig, dataset: Dataset, runs: Mapping) -> None:
+def _check_against_stage1(
+    stage1_dir: Path,
+    stage1_config: TrainConfig,
+    dataset: Dataset,
+    runs: Mapping,
+    test_priors: Sequence[Prior],
+    target_prior: Prior | None,
+) -> None:
     """What the heads need of the stage-1 run: a linear classifier for the methods that reuse it,
-    and a validation split for every knob tuned on validation."""
+    a validation split for every knob tuned on validation and for a target prior's tau, and
+    priors of its number of classes."""
+    classes = dataset.arrays.num_classes
+    check_classes(test_priors, classes, "--test-priors")
+    if target_prior is not None:
+        check_classes([target_prior], classes, "--target-prior")
+        if len(dataset.split.val) == 0:
+            raise LongtailError(
+                f"--target-prior {target_prior.name} chooses its tau on the validation split, and {stage1_dir} has "
+                "none (stage 1 trained with --val-per-class 0): train stage 1 with a validation split"
+            )
     for config in runs.values():
         if uses_cosine_head(stage1_config) and config.method != "retrain":
             raise LongtailError(
@@ -518,6 +622,17 @@ def _record(
     }
 
 
+def _served(
+    target_prior: Prior | None, head: nn.Module, config: Stage2Config, chosen: dict, val: torch.Tensor, stage1: tuple
+) -> dict:
+    """What run.json records of a head served under ``target_prior`` (``{}`` without one)."""
+    if target_prior is None:
+        return {}
+    stage1_config, dataset, _ = stage1
+    own = head_calibration(config.resolved(), chosen, dataset.split.train_counts, stage1_config)
+    return {"target_prior": target_adjustment(target_prior, head, own, val, dataset)}
+
+
 def _new_directories(path: Path) -> list[Path]:
     """``path`` and its ancestors that do not exist yet, deepest first."""
     missing = []
@@ -548,12 +663,14 @@ def decouple_many(
     overwrite: bool = False,
     cache_dir: Path | None = None,
     figures: bool = True,
+    test_priors: Sequence[Prior] = DEFAULT_TEST_PRIORS,
+    target_prior: Prior | None = None,
 ) -> dict[Path, dict]:
     """Fit stage-2 heads on one finished stage-1 run, ``runs`` mapping each run directory to its
     config; each directory gets run.json, head.pt, metrics.json and (with ``figures``) the
     figures. The features are loaded once and the heads fitted by ``fit_stage2_heads`` (heads
     that share their batches train side by side); every run records its equal share of the
-    feature and fitting time. Returns each run's test metrics.
+    feature and fitting time. Returns each run's test metrics (``test_priors``, ``target_prior``: see ``decouple``).
 
     Everything that can fail on bad input fails before a run directory is touched; a directory
     this call creates is removed again if fitting fails, and a run to ``overwrite`` is replaced
@@ -562,7 +679,7 @@ def decouple_many(
     _check_request(stage1_dir, runs, overwrite)
     stage1 = load_finished_stage1(stage1_dir, cache_dir)
     stage1_config, dataset, stage1_run = stage1
-    _check_against_stage1(stage1_dir, stage1_config, dataset, runs)
+    _check_against_stage1(stage1_dir, stage1_config, dataset, runs, test_priors, target_prior)
     stage1_head = load_trained_classifier(stage1_dir, stage1_config, dataset.arrays.num_classes)
     default_beta = class_balanced_beta(stage1_config)
     created = {out: _new_directories(out) for out in runs}
@@ -607,12 +724,14 @@ def decouple_many(
             }
             metrics = {}
             for (out, config), (head, chosen, size) in zip(runs.items(), fitted, strict=True):
+                record = _record(out, config, chosen, stage1_dir, stage1, size, context)
+                record.update(_served(target_prior, head, config, chosen, tests[size].val, stage1))
                 prepare_run_dir(out, resume=False, overwrite=overwrite, kind="decouple")
                 written.add(out)
                 cosine = not isinstance(head, nn.Linear)
                 atomic_torch_save(out / "head.pt", {"state_dict": head.state_dict(), "cosine": cosine})
-                atomic_write_json(out / RUN_FILE, _record(out, config, chosen, stage1_dir, stage1, size, context))
-                metrics[out] = _evaluate_head(out, head, tests[size], dataset, figures, stage1_config.groups, size)
+                atomic_write_json(out / RUN_FILE, record)
+                metrics[out] = _evaluate_head(out, head, tests[size], stage1, record, figures, test_priors)
             return metrics
     except BaseException:
         _remove_unwritten(created, written)
@@ -627,32 +746,67 @@ def decouple(
     overwrite: bool = False,
     cache_dir: Path | None = None,
     figures: bool = True,
+    test_priors: Sequence[Prior] = DEFAULT_TEST_PRIORS,
+    target_prior: Prior | None = None,
 ) -> dict:
     """Fit a stage-2 head on a finished stage-1 run; ``out`` gets run.json, head.pt, metrics.json
-    and (with ``figures``) the figures. Returns its test metrics."""
-    return decouple_many(stage1_dir, {Path(out): config}, overwrite=overwrite, cache_dir=cache_dir, figures=figures)[
-        Path(out)
-    ]
+    and (with ``figures``) the figures. Returns its test metrics, also under each of
+    ``test_priors``; with ``target_prior``, of its logits adjusted to that prior
+    (``target_adjustment``, recorded in run.json)."""
+    return decouple_many(
+        stage1_dir,
+        {Path(out): config},
+        overwrite=overwrite,
+        cache_dir=cache_dir,
+        figures=figures,
+        test_priors=test_priors,
+        target_prior=target_prior,
+    )[Path(out)]
 
 
-def evaluate_decoupled(run_dir: Path, cache_dir: Path | None = None, figures: bool = True) -> dict:
-    """Test metrics of a stage-2 run (from the cached test features of its stage-1 run)."""
+def evaluate_decoupled(
+    run_dir: Path,
+    cache_dir: Path | None = None,
+    figures: bool = True,
+    test_priors: Sequence[Prior] = DEFAULT_TEST_PRIORS,
+) -> dict:
+    """Test metrics of a stage-2 run (from the cached test features of its stage-1 run), with its
+    recorded adjustment to a target prior, if any, and under ``test_priors``."""
     stage1_dir = stage1_of(run_dir)
     stage1_config, dataset, stage1_run = load_finished_stage1(stage1_dir, cache_dir)
+    check_classes(test_priors, dataset.arrays.num_classes, "--test-priors")
     head = load_head(run_dir, dataset.arrays.num_classes)
-    size = read_json(Path(run_dir) / RUN_FILE)["test_image_size"]
+    record = read_json(Path(run_dir) / RUN_FILE)
+    size = record["test_image_size"]
+    stage1 = (stage1_config, dataset, stage1_run)
     with RunLock(stage1_dir):
-        features = _stage1_features(stage1_dir, (stage1_config, dataset, stage1_run), 0, cache_dir, size)
-    return _evaluate_head(run_dir, head, features, dataset, figures, stage1_config.groups, size)
+        features = _stage1_features(stage1_dir, stage1, 0, cache_dir, size)
+    return _evaluate_head(run_dir, head, features, stage1, record, figures, test_priors)
 
 
 def _evaluate_head(
-    run_dir: Path, head: nn.Module, features: Features, dataset: Dataset, figures: bool, grouping: str, size: int
+    run_dir: Path,
+    head: nn.Module,
+    features: Features,
+    stage1: tuple,
+    record: Mapping,
+    figures: bool,
+    test_priors: Sequence[Prior],
 ) -> dict:
-    """Test metrics of ``head`` on the cached test features (and with flip TTA when the features
-    hold the mirrored test images), written into ``run_dir`` with the stage-1 run's ``grouping``."""
-    logits = apply_head(head, features.test)
-    flip_logits = apply_head(head, features.test, features.test_flip) if features.test_flip is not None else None
+    """Test metrics of ``head`` on the cached test features at its size (and with flip TTA when
+    the features hold the mirrored test images), its logits adjusted to the target prior its
+    run.json (``record``) names, if any, written into ``run_dir`` with the stage-1 run's
+    frequency grouping and under ``test_priors``."""
+    stage1_config, dataset, _ = stage1
+    size, grouping = record["test_image_size"], stage1_config.groups
+    adjustment = record.get("target_prior")
+    logits = adjusted_logits(head, features.test, adjustment)
+    flip_logits = None
+    if features.test_flip is not None:
+        flip_logits = adjusted_logits(head, features.test, adjustment, features.test_flip)
+    extra = {"test_image_size": size}
+    if adjustment is not None:
+        extra["target_prior"] = {"name": adjustment["name"], "tau": adjustment["tau"]}
     return save_evaluation(
         run_dir,
         dataset.test_labels,
@@ -660,6 +814,7 @@ def _evaluate_head(
         dataset,
         figures,
         grouping=grouping,
+        test_priors=test_priors,
         flip_logits=flip_logits,
-        extra={"test_image_size": size},
+        extra=extra,
     )

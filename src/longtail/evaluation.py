@@ -4,6 +4,7 @@ logits (cached as features for stage 2), and ``metrics.json`` (with figures) fro
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -15,6 +16,7 @@ from longtail.data.dataset import Dataset
 from longtail.features import apply_head, extract_features, features_and_logits, store_evaluation_features
 from longtail.metrics import classification_metrics
 from longtail.models import head_of
+from longtail.priors import DEFAULT_TEST_PRIORS, Prior, check_classes, with_test_priors
 from longtail.resolution import choose_size, resolve_test_size
 from longtail.runs import RUN_FILE, atomic_write_json
 from longtail.runtime import Runtime
@@ -28,18 +30,21 @@ def save_evaluation(
     figures: bool = True,
     *,
     grouping: str,
+    test_priors: Sequence[Prior] = DEFAULT_TEST_PRIORS,
     flip_logits: torch.Tensor | None = None,
     extra: dict | None = None,
 ) -> dict:
     """Write ``metrics.json`` (and, with ``figures``, the run's figures) from its test logits,
-    with the stage-1 run's frequency ``grouping`` (its ``--groups``); ``flip_logits`` (flip TTA)
-    add their own metrics under ``tta_flip``, beside the plain ones; ``extra`` adds keys (such as
-    the test image size)."""
+    with the stage-1 run's frequency ``grouping`` (its ``--groups``) and the metrics under each
+    of ``test_priors`` (``under_prior``, ``longtail.priors``); ``flip_logits`` (flip TTA) add their
+    own metrics under ``tta_flip``, beside the plain ones; ``extra`` adds keys (such as the test
+    image size)."""
     names, counts = dataset.arrays.class_names, dataset.split.train_counts
     metrics = classification_metrics(y_true, logits.argmax(1).numpy(), names, counts, grouping)
     metrics.update(extra or {})
     if flip_logits is not None:
         metrics["tta_flip"] = classification_metrics(y_true, flip_logits.argmax(1).numpy(), names, counts, grouping)
+    metrics = with_test_priors(metrics, test_priors)
     atomic_write_json(Path(run_dir) / "metrics.json", metrics)
     if figures:
         from longtail.report import write_run_figures
@@ -79,6 +84,7 @@ def evaluate_run(
     *,
     val_features: tuple[int, torch.Tensor] | None = None,
     figures: bool = True,
+    test_priors: Sequence[Prior] = DEFAULT_TEST_PRIORS,
 ) -> dict:
     """Evaluate a finished stage-1 run on its test split (the source's test set, or the one held out
     of its training images) at its test size; writes metrics.json (and the figures, with ``figures``).
@@ -89,9 +95,11 @@ def evaluate_run(
     feature cache at that size, with the validation features (``val_features``: ``(size, features)``
     of the final weights, when training just computed them), so stage 2 does not recompute them.
     With ``--tta flip`` the mirrored test images' features are cached too and their metrics added.
+    ``test_priors``: the priors of ``under_prior`` (checked against the run's classes first).
     """
     runtime = runtime or Runtime.create()
     model, config, dataset, run = load_trained_model(run_dir, runtime, cache_dir)
+    check_classes(test_priors, dataset.arrays.num_classes, "--test-priors")
     if "test_image_size" in run:
         size, val = run["test_image_size"], None
     else:
@@ -112,6 +120,7 @@ def evaluate_run(
         dataset,
         figures,
         grouping=config.groups,
+        test_priors=test_priors,
         flip_logits=flip_logits,
         extra=extra,
     )

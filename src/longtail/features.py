@@ -35,7 +35,8 @@ from tqdm import tqdm
 
 from longtail import data as data_module
 from longtail.errors import LongtailError
-from longtail.models import FEATURE_DIM, head_of, pooled_features
+from longtail.losses import LDAM_SCALE
+from longtail.models import FEATURE_DIM, CosineLinear, head_of, pooled_features
 from longtail.runs import atomic_torch_save, torch_load
 from longtail.samplers import epoch_generator
 
@@ -133,6 +134,14 @@ def apply_head(head: nn.Module, features: torch.Tensor, flipped: torch.Tensor | 
         if flipped is not None:
             logits = (logits + head(flipped.to(device).float()).float().cpu()) / 2
     return logits
+
+
+def softmax_logits(head: nn.Module, features: torch.Tensor, flipped: torch.Tensor | None = None) -> torch.Tensor:
+    """The logits a head's softmax reads (``apply_head``): ``LDAM_SCALE`` times the cosine logits of
+    LDAM's cosine head (the scale its loss trains them at), a linear head's as they are. A shift of
+    the logits toward a class prior (``longtail.priors``) is added to these."""
+    scale = LDAM_SCALE if isinstance(head, CosineLinear) else 1.0
+    return scale * apply_head(head, features, flipped)
 
 
 def features_and_logits(
@@ -244,6 +253,18 @@ def load_or_extract_features(
         parts[key] = extract_features(model, dataset.images(name), *args, flip=key.endswith("_flip"), progress=label)
     _write_cache(stage1_dir, model_sha, image_size, parts)
     return _features(parts, views, flip and test)
+
+
+def validation_features(
+    stage1_dir: Path, model_sha: str | None, model: nn.Module, dataset: Dataset, image_size: int, runtime: Runtime
+) -> torch.Tensor:
+    """The validation set's features at ``image_size``: the cache's (stage 1 and stage 2 put them
+    there), else extracted by ``model`` and not stored (the caller holds no lock on the run)."""
+    cached = _read_cache(stage1_dir, model_sha, image_size)
+    if "val" in cached:
+        return cached["val"]
+    images = torch.from_numpy(dataset.val_images)
+    return extract_features(model, images, image_size, dataset.mean, dataset.std, runtime)
 
 
 def _features(parts: dict, views: int, flip: bool) -> Features:

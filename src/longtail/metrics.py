@@ -161,7 +161,9 @@ def aggregate_seeds(per_seed: Sequence[dict], seeds: Sequence[int]) -> dict:
     The result has every key of a single ``metrics.json``, where lists and scalars are the mean
     over seeds and ``confusion_matrix`` is the sum of counts (its normalised form recomputed);
     plus ``seeds``, ``per_seed`` (the individual metrics), ``by_seed`` (each ``HEADLINE`` number's
-    value per seed, in the order of ``seeds``) and ``mean``/``std`` of the ``HEADLINE`` numbers.
+    value per seed, in the order of ``seeds``) and ``mean``/``std`` of the ``HEADLINE`` numbers;
+    ``under_prior`` (the metrics under each test prior every seed has) holds the means, with the
+    accuracy's sample ``std`` and ``accuracy_by_seed``.
     ``std`` is the **sample** standard deviation over seeds (n - 1 in the denominator: the seeds
     are a sample of the runs one could make), ``None`` for a single seed, where it is not
     defined; any statistic of an empty frequency group is ``None`` too.
@@ -182,7 +184,7 @@ def aggregate_seeds(per_seed: Sequence[dict], seeds: Sequence[int]) -> dict:
 
     cells = [confusion_cells(m) for m in per_seed]
     headlines = [headline(m) for m in per_seed]
-    return {
+    aggregated = {
         "accuracy": mean_of([m["accuracy"] for m in per_seed]),
         "balanced_accuracy": mean_of([m["balanced_accuracy"] for m in per_seed]),
         "per_class": {k: mean_of([m["per_class"][k] for m in per_seed]) for k in first["per_class"]},
@@ -201,6 +203,32 @@ def aggregate_seeds(per_seed: Sequence[dict], seeds: Sequence[int]) -> dict:
         "by_seed": {k: [h[k] for h in headlines] for k in HEADLINE},
         "mean": {k: over_seeds(np.mean, k) for k in HEADLINE},
         "std": {k: None if len(per_seed) < 2 else over_seeds(sample_std, k) for k in HEADLINE},
+    }
+    shared = [name for name in first.get("under_prior", {}) if all(name in m.get("under_prior", {}) for m in per_seed)]
+    if shared:
+        aggregated["under_prior"] = {
+            name: _prior_over_seeds([m["under_prior"][name] for m in per_seed]) for name in shared
+        }
+    return aggregated
+
+
+def _prior_over_seeds(per_seed: Sequence[dict]) -> dict:
+    """One prior's metrics (``longtail.priors.metrics_under_prior``) over seeds: the means, and
+    ``std`` (sample; ``None`` for one seed) and ``accuracy_by_seed`` of its accuracy."""
+
+    def mean(values):
+        return None if None in values else float(np.mean(values))
+
+    accuracies = [m["accuracy"] for m in per_seed]
+    return {
+        "accuracy": mean(accuracies),
+        "std": float(np.std(accuracies, ddof=1)) if len(accuracies) > 1 else None,
+        "accuracy_by_seed": accuracies,
+        **{
+            part: {k: mean([m[part][k] for m in per_seed]) for k in per_seed[0][part]}
+            for part in ("macro", "weighted", "groups")
+        },
+        "prior": np.mean([m["prior"] for m in per_seed], axis=0).tolist(),
     }
 
 

@@ -12,16 +12,25 @@ evaluated on gets the prediction the run's evaluation gave it:
   ``features.extract_features``, the one batched inference of longtail;
 - the pooled backbone features go through the stage-1 classifier, or the stage-2 head.
 Probabilities are the softmax of the logits (of ``LDAM_SCALE`` times the cosine logits of LDAM's
-cosine head: the scale its loss trains them at). No test-time augmentation: the numbers of the
-run's headline metrics.
+cosine head: the scale its loss trains them at), shifted toward the target prior of a head fitted
+with ``--target-prior`` (its run.json's ``target_prior``). No test-time augmentation: the numbers
+of the run's headline metrics.
+
+``--target-prior NAME`` (``target_prior``) serves the classifier under the class prior the images
+will come from: its unadjusted logits shifted by ``tau (log pi_target - log pi_own)``, ``pi_own``
+the prior it is calibrated to (``strategies.calibration`` for a stage-1 run,
+``decouple.head_calibration`` for a head) and tau chosen on the run's validation split re-weighted
+to the target, as ``longtail decouple --target-prior`` chooses it (``decouple.target_adjustment``;
+the run's data is read for the validation labels). It replaces a head's recorded adjustment.
 
 Outputs (``write_predictions``), chosen by the file's extension:
 - ``.csv`` (also what goes to stdout without ``--out``): one row per image with the columns
   ``path, predicted_class, probability, top1_class, top1_probability, ..., topK_class,
   topK_probability`` (top 1 is the predicted class; probabilities with 6 decimals);
 - ``.json``: ``{"run", "head", "class_names", "store_size", "image_size", "top_k",
-  "predictions": [{"path", "predicted_class", "probability", "top": [{"class", "probability"},
-  ...]}, ...], "unreadable": [{"path", "error"}, ...]}``.
+  "target_prior" (the adjustment applied, or null), "predictions": [{"path", "predicted_class",
+  "probability", "top": [{"class", "probability"}, ...]}, ...], "unreadable": [{"path", "error"},
+  ...]}``.
 Files that are not readable images are reported (``Predictions.failed``) and the rest still
 classified; none readable at all is an error.
 """
@@ -41,14 +50,16 @@ import torch
 
 from longtail import data as data_module
 from longtail.artifacts import load_head, read_finished_stage1, run_test_size, stage1_of, trained_model
-from longtail.config import DEFAULT_TOP_K, check_prediction_options
-from longtail.data import normalisation
+from longtail.config import DEFAULT_TOP_K, Stage2Config, TrainConfig, check_prediction_options, from_record
+from longtail.data import load_dataset, normalisation
+from longtail.decouple import adjusted_logits, head_calibration, target_adjustment
 from longtail.errors import LongtailError
-from longtail.features import apply_head, extract_features
-from longtail.losses import LDAM_SCALE
-from longtail.models import CosineLinear, head_of
+from longtail.features import extract_features, validation_features
+from longtail.models import head_of
+from longtail.priors import Prior, check_classes
 from longtail.runs import RUN_FILE, atomic_write_bytes, read_json
 from longtail.runtime import Runtime
+from longtail.strategies import calibration as stage1_calibration
 
 CHUNK = 2048  # images decoded and classified at a time: memory stays that many images whatever the folder
 
@@ -66,6 +77,7 @@ class Predictions:
     head: str | None
     store_size: tuple[int, int]  # (height, width) the images were decoded to
     image_size: int  # the model's input size (the run's test size, or the head's)
+    target_prior: dict | None = None  # the adjustment toward a target prior applied (decouple.target_adjustment)
 
     def top(self, k: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """``(classes, probabilities)``, each (N, k): the k most probable classes of each image,
@@ -124,19 +136,50 @@ def _check_head(head: Path, run: Path, record: dict) -> None:
         )
 
 
+def _serving_adjustment(
+    target: Prior,
+    run: Path,
+    config: TrainConfig,
+    record: dict,
+    head_record: dict | None,
+    classifier,
+    model,
+    size: int,
+    runtime: Runtime,
+) -> dict:
+    """The classifier's adjustment to ``target`` (``decouple.target_adjustment``), its tau chosen
+    on the run's validation split at the classifier's input size."""
+    dataset = load_dataset(config, record["weights"]["pretrained"])
+    if len(dataset.split.val) == 0:
+        raise LongtailError(
+            f"--target-prior {target.name} chooses its tau on the validation split, and {run} has none (trained with "
+            "--val-per-class 0): train the run with a validation split"
+        )
+    counts = dataset.split.train_counts
+    if head_record is None:
+        calibration = stage1_calibration(config, counts)
+    else:
+        head_config = from_record(Stage2Config, head_record["config"])
+        calibration = head_calibration(head_config, head_record["chosen"], counts, config)
+    val = validation_features(run, record.get("model_sha256"), model, dataset, size, runtime)
+    return target_adjustment(target, classifier, calibration, val, dataset)
+
+
 def predict(
     run: str | Path,
     paths: Sequence[str | Path],
     *,
     head: str | Path | None = None,
     top_k: int | None = None,
+    target_prior: Prior | None = None,
     runtime: Runtime | None = None,
 ) -> Predictions:
     """Classify image files (and every file in folders) with the finished stage-1 run ``run``,
     or with the stage-2 head in the directory ``head`` fitted on it (see the module docstring).
     ``top_k``: classes listed per image in ``Predictions.records`` and the outputs (default 5, or
-    the number of classes if fewer). The run's data is not needed: its run.json records the class
-    names and the store size."""
+    the number of classes if fewer). ``target_prior``: serve the classifier under that class
+    prior (the module docstring; only then is the run's data read: otherwise its run.json
+    records the class names and the store size)."""
     run = Path(run)
     config, record = read_finished_stage1(run)
     class_names, (height, width) = tuple(record["class_names"]), tuple(record["data_store_size"])
@@ -144,16 +187,24 @@ def predict(
         top_k = min(DEFAULT_TOP_K, len(class_names))
     if not 1 <= top_k <= len(class_names):
         raise LongtailError(f"--top-k must be between 1 and the run's {len(class_names)} classes, got {top_k}")
+    if target_prior is not None:
+        check_classes([target_prior], len(class_names), "--target-prior")
+    head_record = None
     if head is not None:
         head = Path(head)
         _check_head(head, run, record)
+        head_record = read_json(head / RUN_FILE)
     files = image_paths(paths)
     runtime = runtime or Runtime.create()
     model = trained_model(run, config, record, len(class_names), runtime)
     classifier = load_head(head, len(class_names)) if head is not None else head_of(model)
-    scale = LDAM_SCALE if isinstance(classifier, CosineLinear) else 1.0
     # The size the classifier's features were evaluated at: the stage-1 test size, or the head's own.
-    size = read_json(head / RUN_FILE)["test_image_size"] if head is not None else run_test_size(record, config)
+    size = head_record["test_image_size"] if head_record is not None else run_test_size(record, config)
+    adjustment = head_record.get("target_prior") if head_record is not None else None
+    if target_prior is not None:
+        adjustment = _serving_adjustment(
+            target_prior, run, config, record, head_record, classifier, model, size, runtime
+        )
     mean, std = normalisation(record["weights"]["pretrained"])
     read, probabilities, failed = [], [], []
     for start in range(0, len(files), CHUNK):
@@ -168,7 +219,7 @@ def predict(
         features = extract_features(
             model, torch.from_numpy(images[readable]), size, mean, std, runtime, progress=f"classifying {label}"
         )
-        probabilities.append(torch.softmax(scale * apply_head(classifier, features), dim=1).numpy())
+        probabilities.append(torch.softmax(adjusted_logits(classifier, features, adjustment), dim=1).numpy())
         read += [str(path) for path, ok in zip(chunk, readable, strict=True) if ok]
     if not read:
         raise LongtailError(
@@ -184,6 +235,7 @@ def predict(
         head=None if head is None else str(head),
         store_size=(height, width),
         image_size=size,
+        target_prior=adjustment,
     )
 
 
@@ -210,6 +262,7 @@ def _json(predictions: Predictions) -> str:
         "store_size": list(predictions.store_size),
         "image_size": predictions.image_size,
         "top_k": predictions.top_k,
+        "target_prior": predictions.target_prior,
         "predictions": predictions.records(),
         "unreadable": [{"path": path, "error": why} for path, why in predictions.failed],
     }

@@ -22,6 +22,7 @@ from matplotlib.figure import Figure
 
 from longtail.config import LOSS_KNOBS
 from longtail.metrics import PER_CLASS_LIMIT, confusion_cells, paired_differences, row_normalize
+from longtail.priors import TRAIN, UNIFORM, axis_order
 from longtail.runs import atomic_write_bytes
 
 # Numbers the study reported (fractions); strategies or metrics not listed were not reported.
@@ -69,6 +70,8 @@ TUNED_HEADER = (
     "Grid",
 )
 STUDY_HEADER = ("Strategy", "Metric", "Study", "Ours (mean ± std)", "Ours − study (points)")
+# The test priors the deployment table shows beside the headline top-1, where the results have them.
+PRIOR_TABLE = (TRAIN, UNIFORM, "backward-10")
 PER_CLASS_HEADER = ("Class", "Train count", "Precision", "Recall", "F1")
 
 _MEAN_STD_COLUMNS = {  # columns of the comparison table that show a HEADLINE number's mean ± std
@@ -216,6 +219,54 @@ def plot_recall_comparison(strategies: Mapping[str, dict], path) -> Path:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     ax.set_title("Per-class recall by strategy")
+    return _save(fig, path)
+
+
+def shared_priors(strategies: Mapping[str, dict]) -> list[str]:
+    """The test priors every strategy has metrics under (``under_prior``), in the first one's order."""
+    entries = list(strategies.values())
+    return [
+        name for name in entries[0].get("under_prior", {}) if all(name in e.get("under_prior", {}) for e in entries)
+    ]
+
+
+def has_prior_figure(strategies: Mapping[str, dict]) -> bool:
+    """Whether the results hold two or more test priors of the forward-to-backward axis to draw."""
+    return len(axis_order(shared_priors(strategies))) > 1
+
+
+def plot_prior_accuracy(strategies: Mapping[str, dict], path) -> Path:
+    """Top-1 (mean over seeds, in %) under each test prior of the forward-to-backward axis
+    (``priors.axis_order``: forward-50 ... uniform ... backward-50), one line per strategy."""
+    axis = axis_order(shared_priors(strategies))
+    fig = Figure(figsize=(10, 5), layout="constrained")
+    ax = fig.add_subplot()
+    markers = "osD^v<>ph*"
+    x = np.arange(len(axis))
+    for index, (name, entry) in enumerate(strategies.items()):
+        values = [100 * entry["under_prior"][prior]["accuracy"] for prior in axis]
+        ax.plot(x, values, marker=markers[index % len(markers)], linestyle="-" if index < 10 else "--", label=name)
+    if UNIFORM in axis:
+        ax.axvline(axis.index(UNIFORM), color="grey", linestyle=":", linewidth=1)
+        ax.annotate(
+            "balanced test set",
+            (axis.index(UNIFORM), 0.03),
+            xycoords=("data", "axes fraction"),
+            ha="center",
+            va="bottom",
+            fontsize=8,
+            color="grey",
+            bbox={"facecolor": "white", "edgecolor": "none", "pad": 1},
+        )
+    ax.set_xticks(x, axis, rotation=30, ha="right", rotation_mode="anchor")
+    ax.set_xlabel(
+        "test prior: head classes most frequent (forward-N) … uniform … tail classes most frequent (backward-N)"
+    )
+    ax.set_ylabel("top-1 under the prior (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    seeds = len(next(iter(strategies.values()))["seeds"])
+    ax.set_title(f"Top-1 by the class prior of the deployment (mean over {seeds} seed{'s' if seeds > 1 else ''})")
     return _save(fig, path)
 
 
@@ -397,8 +448,9 @@ def _slug(name: str) -> str:
 
 def write_study_figures(results: dict, out_dir) -> dict[str, Path]:
     """All figures of a study under ``out_dir/figures``, keyed ``summary``, ``confusion_<name>``,
-    ``precision_recall_baseline`` (when the study has a baseline), ``recall_comparison`` and
-    ``class_histogram``."""
+    ``precision_recall_baseline`` (when the study has a baseline), ``recall_comparison``,
+    ``prior_accuracy`` (when the results hold metrics under two or more test priors of the
+    forward-to-backward axis) and ``class_histogram``."""
     figures = Path(out_dir) / "figures"
     strategies = results["strategies"]
     paths = {
@@ -415,6 +467,8 @@ def write_study_figures(results: dict, out_dir) -> dict[str, Path]:
             baseline, figures / "precision_recall_baseline.png", title
         )
     paths["recall_comparison"] = plot_recall_comparison(strategies, figures / "recall_comparison.png")
+    if has_prior_figure(strategies):
+        paths["prior_accuracy"] = plot_prior_accuracy(strategies, figures / "prior_accuracy.png")
     first = next(iter(strategies.values()))
     paths["class_histogram"] = plot_class_histogram(
         first["train_counts"], first["class_names"], figures / "class_histogram.png"
@@ -540,6 +594,84 @@ def tuned_rows(results: dict) -> list[list[str]]:
         mean_gain = f"{100 * float(np.mean(gains)):+.2f}"
         rows.append([*row, _tuned_top1(entry), mean_gain, _points(gains), chosen, _grid_text(tuned["grid"])])
     return rows
+
+
+def _prior_label(name: str) -> str:
+    return {TRAIN: "the training prior", UNIFORM: "uniform"}.get(name, name)
+
+
+def prior_header(strategies: Mapping[str, dict]) -> tuple[str, ...]:
+    """The deployment table's columns: the headline top-1 and top-1 under each ``PRIOR_TABLE``
+    prior the results have (``()`` when they have none)."""
+    shown = [name for name in PRIOR_TABLE if name in shared_priors(strategies)]
+    if not shown:
+        return ()
+    return ("Strategy", "Top-1 (mean ± std)", *(f"Under {_prior_label(name)} (mean ± std)" for name in shown))
+
+
+def prior_rows(strategies: Mapping[str, dict]) -> list[list[str]]:
+    """Rows (``prior_header``): each strategy's headline top-1 beside its top-1 under the test priors."""
+    shown = [name for name in PRIOR_TABLE if name in shared_priors(strategies)]
+    rows = []
+    for name, entry in strategies.items():
+        cells = []
+        for prior in shown:
+            under = entry["under_prior"][prior]
+            std = under["std"]
+            cells.append(_pct(under["accuracy"]) if std is None else f"{_pct(under['accuracy'])} ± {_pct(std)}")
+        rows.append([name, _mean_std(entry, "accuracy"), *cells])
+    return rows
+
+
+def prior_verdict(strategies: Mapping[str, dict]) -> str:
+    """Which strategy has the best mean top-1 under which test prior, in a sentence: the priors
+    off the axis (the training prior, weight files) one by one, then the forward-to-backward axis
+    in stretches with the same best strategy (strategies equal to 0.01 points tie and are named
+    together); ``""`` when the results hold no test prior."""
+    priors = shared_priors(strategies)
+    if not priors:
+        return ""
+
+    def best(prior) -> tuple[tuple[str, ...], str]:
+        shown = {name: _pct(entry["under_prior"][prior]["accuracy"]) for name, entry in strategies.items()}
+        top = max(strategies, key=lambda name: strategies[name]["under_prior"][prior]["accuracy"])
+        return tuple(name for name in strategies if shown[name] == shown[top]), shown[top]
+
+    def who(names: tuple[str, ...], numbers: str) -> str:
+        if len(names) == 1:
+            return f"{names[0]} ({numbers})"
+        return f"{', '.join(names[:-1])} and {names[-1]} (tied, {numbers})"
+
+    axis = axis_order(priors)
+    parts = [f"under {_prior_label(p)}, {who(best(p)[0], best(p)[1] + '%')}" for p in priors if p not in axis]
+    stretches: list[list[str]] = []
+    for prior in axis:
+        if stretches and best(stretches[-1][-1])[0] == best(prior)[0]:
+            stretches[-1].append(prior)
+        else:
+            stretches.append([prior])
+    for stretch in stretches:
+        (names, first), (_, last) = best(stretch[0]), best(stretch[-1])
+        if len(stretch) == 1:
+            parts.append(f"under {stretch[0]}, {who(names, first + '%')}")
+        else:
+            parts.append(f"from {stretch[0]} to {stretch[-1]}, {who(names, f'{first}% to {last}%')}")
+    winners = {best(prior)[0] for prior in priors}
+    seeds = len(next(iter(strategies.values()))["seeds"])
+    mean = f"mean top-1 over {seeds} seed{'s' if seeds > 1 else ''}"
+    if len(winners) == 1 and len(next(iter(winners))) == 1:
+        (only,) = winners.pop()
+        return f"{only} has the best {mean} under every test prior measured: " + "; ".join(parts) + "."
+    return f"The best strategy depends on the prior it is deployed to ({mean}): " + "; ".join(parts) + "."
+
+
+_PRIOR_NOTE = (
+    "Top-1 expected where the classes come with another prior than the test set's: each class's recall on the "
+    "test set weighted by its probability under the prior (the confusion matrix re-weighted exactly; no test image "
+    "is dropped or drawn again). Uniform is a balanced test set; the training prior is the training split's class "
+    "frequencies; forward-N is a long tail of imbalance N in the training order and backward-N the same reversed, "
+    "the tail classes becoming the most frequent (Zhang et al., NeurIPS 2022). Mean ± sample std over seeds."
+)
 
 
 def study_rows(strategies: Mapping[str, dict]) -> list[list[str]]:
@@ -707,6 +839,11 @@ def write_results_markdown(results: dict, path) -> None:
     ]
     lines += ["", "## Comparison", "", _seed_note(strategies), ""]
     lines += _md_table(comparison_header(strategies), comparison_rows(strategies))
+    if prior_header(strategies):
+        lines += ["", "## Under the deployment prior", "", prior_verdict(strategies), ""]
+        if has_prior_figure(strategies):
+            lines += ["![Top-1 by the test prior](figures/prior_accuracy.png)", ""]
+        lines += [_PRIOR_NOTE, ""] + _md_table(prior_header(strategies), prior_rows(strategies))
     if tuned_rows(results):
         lines += ["", "## Fixed setting vs tuned on validation", "", _TUNED_NOTE, ""]
         lines += _md_table(TUNED_HEADER, tuned_rows(results))
@@ -815,6 +952,18 @@ def write_report_html(results: dict, out_dir, *, environment: dict, figures: Map
         f'<p class="note">{html.escape(_seed_note(strategies))}</p>',
         f'<div class="scroll">{_html_table(comparison_header(strategies), comparison_rows(strategies))}</div>',
     ]
+    if prior_header(strategies):
+        body += [
+            "<h2>Under the deployment prior</h2>",
+            f"<p>{html.escape(prior_verdict(strategies))}</p>",
+            *(
+                [_html_figure(figures["prior_accuracy"], "Top-1 by the class prior of the deployment, per strategy")]
+                if "prior_accuracy" in figures
+                else []
+            ),
+            f'<p class="note">{html.escape(_PRIOR_NOTE)}</p>',
+            f'<div class="scroll">{_html_table(prior_header(strategies), prior_rows(strategies))}</div>',
+        ]
     if tuned_rows(results):
         body += [
             "<h2>Fixed setting vs tuned on validation</h2>",

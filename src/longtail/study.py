@@ -25,6 +25,7 @@ import datetime
 import os
 import platform
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -47,6 +48,7 @@ from longtail.decouple import decouple_many, tuning_grid
 from longtail.errors import LongtailError
 from longtail.metrics import aggregate_seeds
 from longtail.models import build_model
+from longtail.priors import DEFAULT_TEST_PRIORS, Prior, check_classes, with_test_priors
 from longtail.report import render_study
 from longtail.runs import RUN_FILE, RunLock, atomic_write_json, read_json, run_status
 from longtail.train import train
@@ -216,6 +218,8 @@ def _check_stage2(group: Stage2Group, seed_dir: Path) -> None:
         if record.get("kind") != "decouple" or not isinstance(record.get("config"), dict):
             raise _mismatch(seed_dir / name, {"kind": (record.get("kind"), "decouple")})
         differences = config_differences(record["config"], config.resolved())
+        if record.get("target_prior") is not None:  # served under a prior of its own: not the study's head
+            differences["target_prior"] = (record["target_prior"]["name"], None)
         if record.get("stage1") != str(group.stage1.resolve()):
             differences["stage1"] = (record.get("stage1"), str(group.stage1.resolve()))
         if record.get("status") == "finished":
@@ -246,37 +250,52 @@ def _finished(run_dir: Path) -> bool:
     return run_status(run_dir) == "finished" and (run_dir / "metrics.json").exists()
 
 
-def _run_stage1(run: Stage1Run, overwrite: bool, cache_dir: Path | None) -> dict:
+def _run_stage1(run: Stage1Run, overwrite: bool, cache_dir: Path | None, test_priors: Sequence[Prior]) -> dict:
     if overwrite or not _finished(run.directory):
-        train(run.config, run.directory, resume=not overwrite, overwrite=overwrite, cache_dir=cache_dir, figures=False)
+        train(
+            run.config,
+            run.directory,
+            resume=not overwrite,
+            overwrite=overwrite,
+            cache_dir=cache_dir,
+            figures=False,
+            test_priors=test_priors,
+        )
     return read_json(run.directory / "metrics.json")
 
 
-def _run_stage2(group: Stage2Group, overwrite: bool, cache_dir: Path | None) -> dict:
+def _run_stage2(group: Stage2Group, overwrite: bool, cache_dir: Path | None, test_priors: Sequence[Prior]) -> dict:
     """Metrics of the stage-2 runs of ``group``, fitted together where not finished."""
     seed_dir = group.stage1.parent
     pending = {
         seed_dir / name: config for name, config in group.heads.items() if overwrite or not _finished(seed_dir / name)
     }
     if pending:  # stage 2 takes seconds: unfinished runs are redone
-        decouple_many(group.stage1, pending, overwrite=True, cache_dir=cache_dir, figures=False)
+        decouple_many(
+            group.stage1, pending, overwrite=True, cache_dir=cache_dir, figures=False, test_priors=test_priors
+        )
     return {name: read_json(seed_dir / name / "metrics.json") for name in group.heads}
 
 
-def _run_seeds(plan: list[list], seeds: tuple[int, ...], out: Path, overwrite: bool, cache_dir) -> list[dict]:
-    """Per seed, the metrics of each of its runs (tuned variants included), in the study's order.
-    One lock per seed: seeds can be trained by processes of their own into one --out (e.g.
-    `--seeds 1` and `--seeds 2` side by side), then reported together by `--seeds 0 1 2`."""
+def _run_seeds(
+    plan: list[list], seeds: tuple[int, ...], out: Path, overwrite: bool, cache_dir, test_priors: Sequence[Prior]
+) -> list[dict]:
+    """Per seed, the metrics of each of its runs (tuned variants included), in the study's order,
+    each under the study's ``test_priors`` (from its confusion matrices: a run made before, or
+    under other priors, is reported under the same ones). One lock per seed: seeds can be trained
+    by processes of their own into one --out (e.g. `--seeds 1` and `--seeds 2` side by side), then
+    reported together by `--seeds 0 1 2`."""
     per_seed = []
     for seed, steps in zip(seeds, plan, strict=True):
         with RunLock(out / f"seed{seed}"):
             runs: dict[str, dict] = {}
             for step in steps:
                 if isinstance(step, Stage1Run):
-                    runs[step.directory.name] = _run_stage1(step, overwrite, cache_dir)
+                    runs[step.directory.name] = _run_stage1(step, overwrite, cache_dir, test_priors)
                 else:
-                    runs.update(_run_stage2(step, overwrite, cache_dir))
-        per_seed.append({"baseline": runs.pop("baseline"), "reweight": runs.pop("reweight"), **runs})
+                    runs.update(_run_stage2(step, overwrite, cache_dir, test_priors))
+        ordered = {"baseline": runs.pop("baseline"), "reweight": runs.pop("reweight"), **runs}
+        per_seed.append({name: with_test_priors(metrics, test_priors) for name, metrics in ordered.items()})
     return per_seed
 
 
@@ -392,6 +411,7 @@ def _results(out: Path, base: TrainConfig, plan: list[list], per_seed: list[dict
             **{k: v for k, v in dataclasses.asdict(base).items() if k != "seed"},
             "seeds": list(seeds),
             "extras": study["extras"],
+            "test_priors": [prior.name for prior in study["test_priors"]],
             "stage2": _stage2_settings(groups, out, seeds[0]),
         },
         "strategies": _strategies(per_seed, groups, seeds, out),
@@ -435,6 +455,7 @@ def reproduce(
     overwrite: bool = False,
     cache_dir: Path | None = None,
     overrides: dict | None = None,
+    test_priors: Sequence[Prior] = DEFAULT_TEST_PRIORS,
 ) -> dict:
     """Run (or resume) the study and write its results and report into ``out``.
 
@@ -442,7 +463,9 @@ def reproduce(
     ``results.json``); ``overrides`` sets any other ``TrainConfig`` field (the command line's data
     options, and small internal configurations in tests). A run already under ``out`` is reused
     or resumed only when it was made with exactly these settings; otherwise nothing is written and
-    the error says what differs (``overwrite`` retrains everything).
+    the error says what differs (``overwrite`` retrains everything). Every strategy is also
+    reported under each of ``test_priors`` (``longtail.priors``): evaluation only, so a finished
+    run is reused whatever priors it was evaluated under.
     """
     named = dict(epochs=epochs, image_size=image_size, size_schedule=size_schedule, test_size=test_size,
                  lr_schedule=lr_schedule, tta=tta, decay_reading=decay_reading,
@@ -454,14 +477,15 @@ def reproduce(
     check_plan(plan, base)
     # Bad data or weights fail here, before anything is written.
     arrays = load_source(base, cache_dir)
+    check_classes(test_priors, arrays.num_classes, "--test-priors")
     _, weights_info = build_model(arrays.num_classes, weights)
     if not overwrite:
         check_existing_runs(plan, arrays.fingerprint, weights_info.sha256)
-    per_seed = _run_seeds(plan, seeds, out, overwrite, cache_dir)
+    per_seed = _run_seeds(plan, seeds, out, overwrite, cache_dir, test_priors)
     # The study's own lock only for writing its results (seconds): seed processes that finish
     # together take turns instead of the later one failing after all its training.
     with RunLock(out, wait=True):
-        study = dict(preset=preset, given=given, seeds=seeds, extras=extras, started=started)
+        study = dict(preset=preset, given=given, seeds=seeds, extras=extras, started=started, test_priors=test_priors)
         results = _results(out, base, plan, per_seed, study)
         atomic_write_json(out / "results.json", results)
         render_study(results, out, environment=results["environment"])

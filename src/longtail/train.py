@@ -13,7 +13,7 @@ import dataclasses
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +37,7 @@ from longtail.models import (
     set_train_mode,
     trainable_parameters,
 )
+from longtail.priors import DEFAULT_TEST_PRIORS, Prior, check_classes
 from longtail.runs import (
     CHECKPOINT_FILE,
     RUN_FILE,
@@ -216,10 +217,11 @@ def _run_record(config: TrainConfig, info, bn_mode: str, dataset: Dataset, runti
     }
 
 
-def _load(config: TrainConfig, cache_dir: Path | None, runtime: Runtime) -> tuple:
+def _load(config: TrainConfig, cache_dir: Path | None, runtime: Runtime, test_priors: Sequence[Prior]) -> tuple:
     """``(model, weights info, dataset, BN mode)`` of a run about to train, its settings checked
-    against the process group."""
+    against the process group and its test priors against the data's classes."""
     arrays = load_source(config, cache_dir)
+    check_classes(test_priors, arrays.num_classes, "--test-priors")
     model, info = build_model(arrays.num_classes, config.weights, cosine_head=uses_cosine_head(config))
     dataset = load_dataset(config, info.pretrained, cache_dir, arrays)
     bn_mode = resolve_bn_mode(config.bn, info)
@@ -309,9 +311,11 @@ def train(
     cache_dir: Path | None = None,
     evaluate: bool = True,
     figures: bool = True,
+    test_priors: Sequence[Prior] = DEFAULT_TEST_PRIORS,
 ) -> Path:
     """Train stage 1 into ``out`` (resuming from its checkpoint when asked) and evaluate it
-    (``evaluate``; ``figures``: also draw the run's figures)."""
+    (``evaluate``; ``figures``: also draw the run's figures; ``test_priors``: the priors its
+    metrics are also given under, ``longtail.priors``)."""
     config.validate()
     out = Path(out)
     runtime = Runtime.create(config.device)
@@ -319,7 +323,7 @@ def train(
     # alone reads the run directory, and an error on any rank stops them all.
     runtime.on_main(lambda: check_run_dir(out, resume=resume, overwrite=overwrite))
     seed_everything(config.seed, config.deterministic, runtime.rank)
-    model, info, dataset, bn_mode = runtime.on_all(lambda: _load(config, cache_dir, runtime))
+    model, info, dataset, bn_mode = runtime.on_all(lambda: _load(config, cache_dir, runtime, test_priors))
     with RunLock(out) if runtime.is_main else nullcontext():
         resuming = runtime.on_main(lambda: prepare_run_dir(out, resume=resume, overwrite=overwrite))
         images = dataset.images("train").to(runtime.device)  # read batch by batch from a memory-mapped store
@@ -360,6 +364,13 @@ def train(
             writer.close()
             _finish(out, state, time.perf_counter() - started)
             if evaluate:
-                evaluate_run(out, cache_dir=cache_dir, runtime=runtime, val_features=val_features, figures=figures)
+                evaluate_run(
+                    out,
+                    cache_dir=cache_dir,
+                    runtime=runtime,
+                    val_features=val_features,
+                    figures=figures,
+                    test_priors=test_priors,
+                )
         runtime.barrier()
     return out
