@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -83,17 +84,14 @@ def test_the_choice_is_the_best_validation_accuracy_of_the_grid(finished_run):
     assert cached["image_size"] == record["test_image_size"] and cached["val"].shape[0] == len(val_labels)
 
 
-def test_test_images_and_labels_cannot_move_the_choice(finished_run, monkeypatch, tmp_path):
-    run_dir, cache = finished_run
-    record = runs.read_json(run_dir / runs.RUN_FILE)
-    choice = {k: record[k] for k in ("test_image_size", "test_size_grid")}
-    accuracy = json.loads((run_dir / "metrics.json").read_text())["accuracy"]
-
+def _scrambled_copy(run_dir: Path, tmp_path: Path, monkeypatch, seed: int) -> Path:
+    """A copy of ``run_dir`` without its feature cache, whose data from now on loads with the same
+    training and validation images but random test images and permuted test labels."""
     real_load = dataset_module.load_arrays
 
-    def scrambled(*args, **kwargs):  # the same training data, other test images and labels
+    def scrambled(*args, **kwargs):
         arrays = real_load(*args, **kwargs)
-        rng = np.random.default_rng(1)
+        rng = np.random.default_rng(seed)
         return dataclasses.replace(
             arrays,
             x_test=rng.integers(0, 256, arrays.x_test.shape, dtype=np.uint8),
@@ -102,14 +100,22 @@ def test_test_images_and_labels_cannot_move_the_choice(finished_run, monkeypatch
 
     monkeypatch.setattr(dataset_module, "load_arrays", scrambled)
     copy = tmp_path / "run"
-    import shutil
-
     shutil.copytree(run_dir, copy)
+    for cached in copy.glob("features-*px.pt"):
+        cached.unlink()
+    return copy
+
+
+def test_test_images_and_labels_cannot_move_the_choice(finished_run, monkeypatch, tmp_path):
+    run_dir, cache = finished_run
+    record = runs.read_json(run_dir / runs.RUN_FILE)
+    choice = {k: record[k] for k in ("test_image_size", "test_size_grid")}
+    accuracy = json.loads((run_dir / "metrics.json").read_text())["accuracy"]
+
+    copy = _scrambled_copy(run_dir, tmp_path, monkeypatch, seed=1)
     again = runs.read_json(copy / runs.RUN_FILE)
     del again["test_image_size"], again["test_size_grid"]  # choose again, from scratch
     runs.atomic_write_json(copy / runs.RUN_FILE, again)
-    for cached in copy.glob("features-*px.pt"):
-        cached.unlink()
     metrics = evaluate_run(copy, cache_dir=cache, figures=False)
     rechosen = runs.read_json(copy / runs.RUN_FILE)
     assert {k: rechosen[k] for k in choice} == choice
@@ -151,24 +157,7 @@ def test_stage2_feature_size_is_chosen_on_validation_and_test_images_cannot_move
     for name in configs:  # each size's features are cached in a file of their own
         assert (run_dir / feature_file(chosen[name][0])).exists()
 
-    real_load = dataset_module.load_arrays
-
-    def scrambled(*args, **kwargs):  # the same training and validation images, other test images and labels
-        arrays = real_load(*args, **kwargs)
-        rng = np.random.default_rng(2)
-        return dataclasses.replace(
-            arrays,
-            x_test=rng.integers(0, 256, arrays.x_test.shape, dtype=np.uint8),
-            y_test=rng.permutation(arrays.y_test),
-        )
-
-    monkeypatch.setattr(dataset_module, "load_arrays", scrambled)
-    import shutil
-
-    copy = tmp_path / "run"
-    shutil.copytree(run_dir, copy)
-    for cached in copy.glob("features-*px.pt"):
-        cached.unlink()
+    copy = _scrambled_copy(run_dir, tmp_path, monkeypatch, seed=2)
     again, scrambled_metrics = fit(copy, tmp_path / "scrambled")
     assert again == chosen
     assert [m["accuracy"] for m in scrambled_metrics.values()] != [m["accuracy"] for m in metrics.values()]
