@@ -571,3 +571,10 @@ def test_strategies_equal_under_a_prior_are_named_together():
     assert report.prior_verdict(only).startswith(
         "decoupled-modified-ce has the best mean top-1 over 2 seeds under every"
     )
+
+
+def test_a_long_tuning_grid_is_shown_short_so_the_table_stays_narrow():
+    grid = [{"gamma": g} for g in (0.0, 0.25, 0.5, 1.0, 2.0, 5.0)]
+    assert report._grid_text(grid) == "γ ∈ {0, 0.25, …, 5} (6 heads)"
+    product = [{"beta": b, "gamma": g} for b in (0.99, 0.999) for g in (0.0, 1.0)]
+    assert report._grid_text(product) == "β ∈ {0.99, 0.999} × γ ∈ {0, 1} (4 heads)"

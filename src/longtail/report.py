@@ -553,7 +553,12 @@ def _grid_text(grid: Sequence[Mapping[str, float]]) -> str:
     """A tuning grid in short: ``γ ∈ {0, 0.25, …} (13)``, or a product ``β ∈ {…} × γ ∈ {…} (16)``."""
     knobs = list(grid[0]) if grid else []
     values = {knob: list(dict.fromkeys(point[knob] for point in grid)) for knob in knobs}
-    parts = [f"{_SYMBOLS.get(knob, knob)} ∈ {{{', '.join(f'{v:g}' for v in values[knob])}}}" for knob in knobs]
+
+    def short(numbers: list) -> str:  # the first two and the last of a long list: the table stays narrow
+        shown = [f"{v:g}" for v in numbers]
+        return ", ".join(shown if len(shown) <= 5 else [*shown[:2], "…", shown[-1]])
+
+    parts = [f"{_SYMBOLS.get(knob, knob)} ∈ {{{short(values[knob])}}}" for knob in knobs]
     return f"{' × '.join(parts)} ({len(grid)} heads)" if parts else _NONE
 
 
@@ -880,6 +885,7 @@ th, td { border: 1px solid #ccc; padding: .3rem .4rem; }
 th { background: #eef3f9; font-size: .8rem; }
 td { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
 td:first-child { text-align: left; font-weight: 600; }
+td:last-child { white-space: normal; }  /* a text column at the end (a grid, a choice) wraps; numbers do not */
 tr:nth-child(even) td { background: #fafafa; }
 table.kv td { text-align: left; font-weight: normal; }
 table.kv td:first-child { font-weight: 600; }
