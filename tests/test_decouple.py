@@ -461,19 +461,3 @@ def test_tuning_gamma_or_beta_without_a_validation_split_is_a_clear_error():
     features, stage1, dataset, _ = _tuning_problem(with_val=False)
     with pytest.raises(LongtailError, match="tuning gamma needs a validation split.*--gamma"):
         _fit(decouple.Stage2Config(loss="focal", tune=True, epochs=1), stage1, features, dataset)
-
-
-def test_no_function_of_decouple_or_study_is_longer_than_80_lines():
-    import ast
-    import inspect
-
-    from longtail import study
-
-    for module in (decouple, study):
-        tree = ast.parse(inspect.getsource(module))
-        long = [
-            (node.name, node.end_lineno - node.lineno + 1)
-            for node in ast.walk(tree)
-            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.end_lineno - node.lineno + 1 > 80
-        ]
-        assert long == [], (module.__name__, long)

@@ -103,3 +103,20 @@ def test_the_reader_sees_lazy_and_type_checking_imports(tmp_path):
         "def f():\n    from longtail import data\n    import longtail.cli\n"
     )
     assert imported(module, {"train", "data", "cli"}) == {"train", "data", "cli"}
+
+
+# Functions that are argparse tables (one add_argument call per option), the one exception to the length rule.
+ARGPARSE_TABLES = {"cli": {"build_parser", "_add_data_options", "_add_train_options"}}
+MAX_FUNCTION_LINES = 80
+
+
+def test_no_function_is_longer_than_80_lines_but_the_argparse_tables():
+    long = [
+        f"{name}.{node.name} ({node.end_lineno - node.lineno + 1} lines)"
+        for name, path in modules().items()
+        for node in ast.walk(ast.parse(path.read_text(), str(path)))
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
+        and node.end_lineno - node.lineno + 1 > MAX_FUNCTION_LINES
+        and node.name not in ARGPARSE_TABLES.get(name, ())
+    ]
+    assert not long, long

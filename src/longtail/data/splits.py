@@ -92,6 +92,28 @@ def _too_small(classes: list[str], option: str) -> LongtailError:
     )
 
 
+def _profile_counts(
+    per_class: Sequence[np.ndarray], imbalance: float | str, profile: str, max_per_class: int | None
+) -> list[int]:
+    """Each class's count in the long-tail profile, from the images left to draw from
+    (``per_class``): all of them under ``--imbalance natural``, else ``long_tail_counts`` with the
+    head count ``max_per_class`` (default: the smallest class's size)."""
+    if imbalance == NATURAL_IMBALANCE:
+        if max_per_class is not None:
+            raise LongtailError(
+                "--max-per-class sets the head count of an imbalance profile; --imbalance natural keeps every image"
+            )
+        return [len(m) for m in per_class]
+    n_max = min(len(members) for members in per_class)
+    if max_per_class is not None:
+        if not 1 <= max_per_class <= n_max:
+            raise LongtailError(
+                f"--max-per-class must be between 1 and {n_max} (the smallest class's size), got {max_per_class}"
+            )
+        n_max = max_per_class
+    return long_tail_counts(n_max, len(per_class), imbalance, profile)
+
+
 def select_long_tail(
     labels: np.ndarray,
     num_classes: int,
@@ -152,21 +174,7 @@ def select_long_tail(
     if small:
         option = f"--val-per-class {val_per_class}" if val_fraction is None else f"--val-fraction {val_fraction:g}"
         raise _too_small(small, option + (" after the test split" if test is not None else ""))
-    if imbalance == NATURAL_IMBALANCE:
-        if max_per_class is not None:
-            raise LongtailError(
-                "--max-per-class sets the head count of an imbalance profile; --imbalance natural keeps every image"
-            )
-        profile_counts = [len(m) for m in per_class]
-    else:
-        n_max = min(len(members) for members in per_class)
-        if max_per_class is not None:
-            if not 1 <= max_per_class <= n_max:
-                raise LongtailError(
-                    f"--max-per-class must be between 1 and {n_max} (the smallest class's size), got {max_per_class}"
-                )
-            n_max = max_per_class
-        profile_counts = long_tail_counts(n_max, num_classes, imbalance, profile)
+    profile_counts = _profile_counts(per_class, imbalance, profile, max_per_class)
     train, val = [], []
     for c, members in enumerate(per_class):
         order = np.random.default_rng([seed, c]).permutation(members)
