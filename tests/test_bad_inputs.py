@@ -4,8 +4,8 @@ option given a bad value, must end with exit status 2, one line on stderr starti
 
 File inputs: the data ``.npz``, an image folder, a ``.tar.gz``, a weights file, the split's index
 file, a run's ``checkpoint.pt``, ``run.json`` and ``model.pt``, each as an empty file, a truncated
-file, random bytes and a valid file of the wrong kind. ``features.pt`` is a cache: a damaged one is
-rebuilt, never trusted (the library-level cases are in test_features.py; here through the CLI).
+file, random bytes and a valid file of the wrong kind. The feature cache (``features-<S>px.pt``) is a
+cache: a damaged one is rebuilt, never trusted (the library-level cases are in test_features.py; here through the CLI).
 
 Everything runs in this process through ``longtail.cli.main`` (what ``python -m longtail`` calls),
 on a tiny synthetic dataset and a randomly initialised network, so the whole module takes seconds

@@ -132,7 +132,7 @@ def test_locked_run_dir_is_refused_and_left_unchanged(npz, cache, tmp_path):
 
 
 def test_decouple_and_evaluate_refuse_a_stage1_run_another_process_holds(npz, cache, tmp_path, capsys):
-    """Both may rewrite the stage-1 run's features.pt, so both take its lock (issue 12, item 11)."""
+    """Both may rewrite the stage-1 run's feature cache, so both take its lock (issue 12, item 11)."""
     run = tmp_path / "run"
     assert _train(_train_args(npz, run, cache), capsys)[0] == 0
     head = tmp_path / "head"

@@ -21,7 +21,7 @@ import torch
 
 from longtail import runs
 from longtail.artifacts import load_trained_model
-from longtail.features import extract_features
+from longtail.features import extract_features, feature_file
 from longtail.runtime import Runtime
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
@@ -109,8 +109,8 @@ def test_stage1_beats_chance_on_the_full_test_set_and_writes_every_output(stage1
 
 def test_stage1_caches_the_test_and_validation_features_of_its_final_weights(stage1, workspace):
     # Computed on the way to the test and last-epoch validation logits; stage 2 reads them back.
-    cached = runs.torch_load(stage1 / "features.pt")
     run = runs.read_json(stage1 / runs.RUN_FILE)
+    cached = runs.torch_load(stage1 / feature_file(run["test_image_size"]))
     assert cached["model_sha256"] == run["model_sha256"]
     assert cached["test"].shape == (10_000, 1280) and cached["val"].shape == (100, 1280)
     runtime = Runtime(torch.device("cpu"))
@@ -125,7 +125,7 @@ def test_decoupled_balanced_softmax_lifts_few_shot_recall(stage1, workspace):
     _longtail("decouple", str(stage1), "--loss", "balanced-softmax", "--out", str(out), cache=workspace / "cache")
     run = runs.read_json(out / runs.RUN_FILE)
     assert run["kind"] == "decouple" and run["stage1"] == str(stage1.resolve())
-    assert (stage1 / "features.pt").is_file()  # the backbone's features, cached for further heads
+    assert (stage1 / feature_file(run["test_image_size"])).is_file()  # the head's features, cached for further heads
 
     before, after = _metrics(stage1), _metrics(out)
     print(

@@ -686,7 +686,7 @@ def decouple_many(
     written: set[Path] = set()
     try:
         with ExitStack() as locks:
-            locks.enter_context(RunLock(stage1_dir))  # its features.pt may be extended
+            locks.enter_context(RunLock(stage1_dir))  # its feature cache may be extended
             for out in runs:
                 locks.enter_context(RunLock(out))
                 check_run_dir(out, resume=False, overwrite=overwrite, kind="decouple")  # now under its lock

@@ -173,7 +173,7 @@ def _checksum(record: dict) -> str:
 
 
 def _read_cache(stage1_dir: Path, model_sha: str | None, image_size: int) -> dict:
-    """What ``features.pt`` holds for this model at this size: empty when the file is absent, of
+    """What the cache file of ``image_size`` holds for this model: empty when the file is absent, of
     another model or size, unreadable, or fails its checksum (a cache is rebuilt, never trusted)."""
     path = Path(stage1_dir) / feature_file(image_size)
     if model_sha is None or not path.exists():
