@@ -107,3 +107,33 @@ def tiny_npz(tmp_path, tiny_arrays) -> Path:
     path = tmp_path / "tiny.npz"
     np.savez(path, **tiny_arrays)
     return path
+
+
+@pytest.fixture(scope="session")
+def real_stage1(tmp_path_factory, cifar10_subset, weights_file):
+    """``real_stage1(train_per_class, test_per_class, **settings)``: ``(run directory, cache)`` of a
+    real stage-1 run (pretrained B0 on the first images of each real CIFAR-10 class, 32 px, two
+    epochs, batch 32; ``settings`` are further ``TrainConfig`` fields), trained once per session
+    for each combination."""
+    from longtail.config import TrainConfig
+    from longtail.train import train
+
+    made: dict[tuple, tuple[Path, Path]] = {}
+
+    def make(train_per_class: int, test_per_class: int, **settings) -> tuple[Path, Path]:
+        key = (train_per_class, test_per_class, *sorted(settings.items()))
+        if key not in made:
+            root = tmp_path_factory.mktemp("stage1")
+            config = TrainConfig(
+                data=str(cifar10_subset(train_per_class, test_per_class)),
+                weights=str(weights_file),
+                image_size=32,
+                epochs=2,
+                batch_size=32,
+                **settings,
+            )
+            train(config, root / "run", cache_dir=root / "cache", figures=False)
+            made[key] = (root / "run", root / "cache")
+        return made[key]
+
+    return make

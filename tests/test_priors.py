@@ -21,7 +21,7 @@ import pytest
 from PIL import Image
 
 from longtail import priors
-from longtail.config import Stage2Config, TrainConfig
+from longtail.config import Stage2Config
 from longtail.decouple import decouple, evaluate_decoupled
 from longtail.errors import LongtailError
 from longtail.metrics import classification_metrics
@@ -29,7 +29,6 @@ from longtail.prediction import predict
 from longtail.priors import parse_prior, parse_target_prior, parse_test_priors
 from longtail.runs import RUN_FILE, atomic_write_json, read_json
 from longtail.study import Stage2Group, check_existing_runs
-from longtail.train import train
 
 COUNTS = [4950, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50]  # CIFAR-10-LT, IF = 100
 NAMES = tuple(f"class{c}" for c in range(10))
@@ -238,32 +237,20 @@ def test_tau_is_zero_unless_a_shift_helps_on_validation():
 
 
 @pytest.fixture(scope="module")
-def stage1(tmp_path_factory, cifar10_subset, weights_file):
+def stage1(real_stage1, tmp_path_factory):
     """A real stage-1 baseline: pretrained B0, real CIFAR-10 images at imbalance 20 (100 down to 5
-    per class), two short epochs at 32 px, tested at 32 px (about 10 s on one core)."""
-    root = tmp_path_factory.mktemp("priors")
-    config = TrainConfig(
-        data=str(cifar10_subset(120, 30)),
-        weights=str(weights_file),
-        imbalance=20,
-        max_per_class=100,
-        val_per_class=20,
-        image_size=32,
-        epochs=2,
-        batch_size=32,
-        test_size="train",
-    )
-    cache = root / "cache"
-    train(config, root / "stage1", cache_dir=cache, figures=False)
-    return root, cache
+    per class), two short epochs at 32 px, tested at 32 px (about 10 s on one core); ``(a folder of
+    this module's own for the heads, the run, the cache)``."""
+    run, cache = real_stage1(120, 30, imbalance=20, max_per_class=100, val_per_class=20, test_size="train")
+    return tmp_path_factory.mktemp("priors"), run, cache
 
 
 def test_a_modified_ce_head_adjusted_to_the_train_prior_scores_at_least_as_well_under_it(stage1):
-    root, cache = stage1
+    root, run, cache = stage1
     config = Stage2Config(loss="modified-ce", feature_size="stage1")
-    plain = decouple(root / "stage1", config, root / "mce", cache_dir=cache, figures=False)
+    plain = decouple(run, config, root / "mce", cache_dir=cache, figures=False)
     target = parse_target_prior("train")
-    served = decouple(root / "stage1", config, root / "mce-train", cache_dir=cache, figures=False, target_prior=target)
+    served = decouple(run, config, root / "mce-train", cache_dir=cache, figures=False, target_prior=target)
     assert served["under_prior"]["train"]["accuracy"] >= plain["under_prior"]["train"]["accuracy"]
     record = read_json(root / "mce-train" / RUN_FILE)["target_prior"]
     assert record["name"] == "train" and record["tau"] in priors.TARGET_TAU_GRID
@@ -284,14 +271,14 @@ def test_a_modified_ce_head_adjusted_to_the_train_prior_scores_at_least_as_well_
     assert again["accuracy"] == served["accuracy"] and again["under_prior"] == served["under_prior"]
     # predict --head of the adjusted head = predict --head of the plain one with --target-prior train.
     images = []
-    with np.load(read_json(root / "stage1" / RUN_FILE)["config"]["data"]) as data:
+    with np.load(read_json(run / RUN_FILE)["config"]["data"]) as data:
         for index in range(0, 300, 37):
             path = root / "images" / f"{index}.png"
             path.parent.mkdir(exist_ok=True)
             Image.fromarray(data["x_test"][index]).save(path)
             images.append(path)
-    recorded = predict(root / "stage1", images, head=root / "mce-train")
-    on_the_fly = predict(root / "stage1", images, head=root / "mce", target_prior=target)
+    recorded = predict(run, images, head=root / "mce-train")
+    on_the_fly = predict(run, images, head=root / "mce", target_prior=target)
     assert recorded.target_prior == on_the_fly.target_prior
     assert np.allclose(recorded.probabilities, on_the_fly.probabilities, atol=1e-6)
     assert recorded.target_prior == record

@@ -15,13 +15,12 @@ import torch
 
 from longtail import runs
 from longtail.artifacts import load_trained_model
-from longtail.config import Stage2Config, TrainConfig
+from longtail.config import Stage2Config
 from longtail.data import dataset as dataset_module
 from longtail.evaluation import evaluate_run
 from longtail.features import feature_file, features_and_logits
 from longtail.resolution import choose_size, resolve_test_size, size_grid
 from longtail.runtime import Runtime
-from longtail.train import train
 
 
 def test_grid_runs_from_the_training_size_to_one_and_three_quarters_in_16px_steps():
@@ -43,23 +42,10 @@ def test_test_size_modes():
 
 
 @pytest.fixture(scope="module")
-def finished_run(tmp_path_factory, cifar10_subset, weights_file):
-    """A real stage-1 run (pretrained B0, real CIFAR-10 images, two short epochs at 32 px)."""
-    root = tmp_path_factory.mktemp("resolution")
-    config = TrainConfig(
-        data=str(cifar10_subset(100, 10)),
-        weights=str(weights_file),
-        imbalance=2,
-        max_per_class=80,
-        val_per_class=20,
-        image_size=32,
-        epochs=2,
-        batch_size=32,
-        test_size="auto",
-    )
-    cache = root / "cache"
-    train(config, root / "run", cache_dir=cache, figures=False)
-    return root / "run", cache
+def finished_run(real_stage1):
+    """A real stage-1 run (pretrained B0, real CIFAR-10 images, two short epochs at 32 px), its test
+    size chosen on validation."""
+    return real_stage1(100, 10, imbalance=2, max_per_class=80, val_per_class=20, test_size="auto")
 
 
 def test_the_choice_is_the_best_validation_accuracy_of_the_grid(finished_run):
