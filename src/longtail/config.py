@@ -286,24 +286,24 @@ def validation_choices(names: tuple[str, ...]) -> tuple[str, str]:
     return what, options
 
 
-def parse_feature_size(text: str) -> int | str:
-    """The command line's ``--feature-size``: auto, stage1 or a number of pixels."""
-    if text in FEATURE_SIZE_MODES:
+def _size_or_mode(text: str, modes: tuple[str, ...], option: str) -> int | str:
+    """A command-line size option: one of its ``modes`` or a number of pixels."""
+    if text in modes:
         return text
     try:
         return int(text)
     except ValueError:
-        raise LongtailError(f"--feature-size must be auto, stage1 or a number of pixels, got '{text}'") from None
+        raise LongtailError(f"{option} must be {', '.join(modes)} or a number of pixels, got '{text}'") from None
+
+
+def parse_feature_size(text: str) -> int | str:
+    """The command line's ``--feature-size``: auto, stage1 or a number of pixels."""
+    return _size_or_mode(text, FEATURE_SIZE_MODES, "--feature-size")
 
 
 def parse_test_size(text: str) -> int | str:
     """The command line's ``--test-size``: auto, train or a number of pixels."""
-    if text in TEST_SIZE_MODES:
-        return text
-    try:
-        return int(text)
-    except ValueError:
-        raise LongtailError(f"--test-size must be auto, train or a number of pixels, got '{text}'") from None
+    return _size_or_mode(text, TEST_SIZE_MODES, "--test-size")
 
 
 # ---------------------------------------------------------------- stage 2

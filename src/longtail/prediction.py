@@ -118,8 +118,9 @@ def image_paths(paths: Sequence[str | Path]) -> list[Path]:
     return files
 
 
-def _check_head(head: Path, run: Path, record: dict) -> None:
-    """A stage-2 head classifies the features of the stage-1 model it was fitted on, and no other."""
+def _check_head(head: Path, run: Path, record: dict) -> dict:
+    """A stage-2 head classifies the features of the stage-1 model it was fitted on, and no other;
+    returns the head's run.json."""
     if not (head / RUN_FILE).exists():
         raise LongtailError(
             f"--head {head} is not a stage-2 run directory (no {RUN_FILE}); pass a `longtail decouple` --out"
@@ -129,11 +130,13 @@ def _check_head(head: Path, run: Path, record: dict) -> None:
         raise LongtailError(
             f"--head {head} was fitted on {fitted_on}, not on {run}: pass that run, or leave --head out"
         )
-    if read_json(head / RUN_FILE).get("stage1_model_sha256") != record.get("model_sha256"):
+    head_record = read_json(head / RUN_FILE)
+    if head_record.get("stage1_model_sha256") != record.get("model_sha256"):
         raise LongtailError(
             f"--head {head} was fitted on an earlier model of {run} (the run was trained again since): fit it again "
             "with `longtail decouple ... --overwrite`"
         )
+    return head_record
 
 
 def _serving_adjustment(
@@ -192,8 +195,7 @@ def predict(
     head_record = None
     if head is not None:
         head = Path(head)
-        _check_head(head, run, record)
-        head_record = read_json(head / RUN_FILE)
+        head_record = _check_head(head, run, record)
     files = image_paths(paths)
     runtime = runtime or Runtime.create()
     model = trained_model(run, config, record, len(class_names), runtime)
