@@ -657,8 +657,7 @@ def _command_reproduce(args) -> None:
         weights=weights,
         overwrite=args.overwrite,
         cache_dir=args.cache_dir,
-        overrides=data_settings,
-        **settings,
+        overrides={**settings, **data_settings},
         **_given(args, ("test_priors",)),
     )
     for name, entry in results["strategies"].items():

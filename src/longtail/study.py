@@ -425,13 +425,13 @@ def _results(out: Path, base: TrainConfig, plan: list[list], per_seed: list[dict
     return results
 
 
-def _study_settings(preset: str, seeds: tuple[int, ...], named: dict, overrides: dict | None, **common) -> tuple:
+def _study_settings(preset: str, seeds: tuple[int, ...], overrides: dict | None, **common) -> tuple:
     """The stage-1 settings every run of the study shares (``study_config``) and the settings given."""
     if not seeds:
         raise LongtailError("--seeds needs at least one seed")
     if len(set(seeds)) != len(seeds):
         raise LongtailError(f"--seeds lists a seed twice: {list(seeds)}")
-    given = {**{key: value for key, value in named.items() if value is not None}, **(overrides or {})}
+    given = dict(overrides or {})
     return study_config(preset, given=given, **common), given
 
 
@@ -444,14 +444,6 @@ def reproduce(
     extras: bool = False,
     data: str | None = None,
     weights: str = "imagenet",
-    decay_reading: str | None = None,
-    epochs: int | None = None,
-    image_size: int | None = None,
-    size_schedule: str | None = None,
-    test_size: int | str | None = None,
-    lr_schedule: str | None = None,
-    tta: str | None = None,
-    freeze_blocks: int | None = None,
     overwrite: bool = False,
     cache_dir: Path | None = None,
     overrides: dict | None = None,
@@ -459,19 +451,17 @@ def reproduce(
 ) -> dict:
     """Run (or resume) the study and write its results and report into ``out``.
 
-    Keyword arguments other than the preset override the preset's settings (recorded in
-    ``results.json``); ``overrides`` sets any other ``TrainConfig`` field (the command line's data
-    options, and small internal configurations in tests). A run already under ``out`` is reused
-    or resumed only when it was made with exactly these settings; otherwise nothing is written and
-    the error says what differs (``overwrite`` retrains everything). Every strategy is also
-    reported under each of ``test_priors`` (``longtail.priors``): evaluation only, so a finished
-    run is reused whatever priors it was evaluated under.
+    ``overrides`` sets ``TrainConfig`` fields over the preset's settings (recorded in
+    ``results.json`` as ``overrides``): the study-wide options of ``longtail reproduce``
+    (``cli.STUDY_FIELDS``), its data options, and small internal configurations in tests. A run
+    already under ``out`` is reused or resumed only when it was made with exactly these settings;
+    otherwise nothing is written and the error says what differs (``overwrite`` retrains
+    everything). Every strategy is also reported under each of ``test_priors``
+    (``longtail.priors``): evaluation only, so a finished run is reused whatever priors it was
+    evaluated under.
     """
-    named = dict(epochs=epochs, image_size=image_size, size_schedule=size_schedule, test_size=test_size,
-                 lr_schedule=lr_schedule, tta=tta, decay_reading=decay_reading,
-                 freeze_blocks=freeze_blocks)  # fmt: skip
     seeds = tuple(seeds)
-    base, given = _study_settings(preset, seeds, named, overrides, data=data, weights=weights, imbalance=imbalance)
+    base, given = _study_settings(preset, seeds, overrides, data=data, weights=weights, imbalance=imbalance)
     out, started = Path(out), time.perf_counter()
     plan = _plan(base, seeds, extras, out)
     check_plan(plan, base)
