@@ -33,7 +33,7 @@ from PIL import Image
 
 from longtail import cli
 from longtail.data import load_arrays, long_tail_split
-from longtail.features import feature_file
+from longtail.features import FEATURE_FILES, feature_file
 from longtail.runs import RUN_FILE, read_json
 
 DAMAGES = ("empty", "truncated", "random-bytes", "wrong-kind")
@@ -264,7 +264,7 @@ def test_model_pt(workspace, tmp_path, damage, command):
     from torchvision.models import resnet18
 
     run = _copy_run(workspace, tmp_path)
-    for cached in run.glob("features-*px.pt"):  # so stage 2 must read model.pt
+    for cached in run.glob(FEATURE_FILES):  # so stage 2 must read model.pt
         cached.unlink()
     model = run / "model.pt"
     _damage(model, damage, _torch_bytes(resnet18().state_dict()))

@@ -22,6 +22,7 @@ import torch
 
 import longtail.decouple
 import longtail.evaluation
+from longtail.features import feature_file
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 # 6 train / 2 test images per class; with --max-per-class 4 --imbalance 2 --val-per-class 1 the
@@ -102,6 +103,9 @@ def test_study_runs_and_reports(real_subset, weights_file, cache_dir, capsys, tm
     for loss, accuracy in result["stage2_test_accuracy"]["longtail"].items():
         assert result["stage2_test_accuracy"]["naive"][loss] == pytest.approx(accuracy, abs=0.051), loss
     assert len(result["longtail_stage2_seconds_each_repeat"]) == 3
+    # Every repeat starts from the cache stage 1 left, so each extracts the same other sizes anew.
+    extracted = result["longtail_stage2_feature_files_each_repeat"]
+    assert len(extracted) == 3 and extracted[0] and extracted.count(extracted[0]) == 3, extracted
     assert result["longtail_stage2_seconds"] in result["longtail_stage2_seconds_each_repeat"]
     assert set(result["stage2_test_accuracy"]["naive"]) == {
         "modified-ce",
@@ -111,6 +115,18 @@ def test_study_runs_and_reports(real_subset, weights_file, cache_dir, capsys, tm
         "cb-focal",
     }
     assert not list(tmp_path.glob("longtail-study-bench-*")), "scratch directories were not removed"
+
+
+def test_restoring_the_stage1_cache_removes_the_files_of_other_sizes(tmp_path):
+    study = _script("study")
+    kept = tmp_path / feature_file(48)
+    torch.save({"image_size": 48, "train": None}, kept)
+    for size in (32, 64):
+        torch.save({"image_size": size}, tmp_path / feature_file(size))
+    (tmp_path / "model.pt").write_bytes(b"not a cache")
+    study.restore_stage1_cache(tmp_path, kept, {"image_size": 48, "test": "as stage 1 left it"})
+    assert sorted(path.name for path in tmp_path.iterdir()) == [feature_file(48), "model.pt"]
+    assert torch.load(kept) == {"image_size": 48, "test": "as stage 1 left it"}
 
 
 def test_gpu_check_script_parses():

@@ -51,6 +51,9 @@ def feature_file(image_size: int) -> str:
     return f"features-{image_size}px.pt"
 
 
+FEATURE_FILES = "features-*px.pt"  # every size's cache file of a run (a glob of feature_file's names)
+
+
 INFERENCE_BATCH_SIZE = 256
 
 
