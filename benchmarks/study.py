@@ -90,7 +90,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--epochs", type=int, default=1, help="stage-1 epochs")
     parser.add_argument(
-        "--stage2-epochs", type=int, default=Stage2Config.epochs, help="stage-2 head epochs (default: longtail's, 30)"
+        "--stage2-epochs",
+        type=int,
+        default=Stage2Config.DEFAULTS["epochs"],
+        help="stage-2 head epochs (default: longtail's, 30)",
     )
     parser.add_argument(
         "--stage2-repeats",

@@ -415,7 +415,7 @@ def test_the_report_shows_fixed_and_tuned_on_validation_side_by_side(tmp_path):
     report.write_report_html(results, tmp_path, environment=ENVIRONMENT)
     page = (tmp_path / "report.html").read_text(encoding="utf-8")
     assert "<h2>Fixed setting vs tuned on validation</h2>" in page
-    assert "<td>decoupled-focal</td><td>γ = 1</td>" in page and "<td>+1.00 / +2.00</td>" in page
+    assert '<td>decoupled-focal</td><td class="text">γ = 1</td>' in page and "<td>+1.00 / +2.00</td>" in page
 
 
 def test_results_without_tuned_results_have_no_tuned_table(rendered):
@@ -578,3 +578,16 @@ def test_a_long_tuning_grid_is_shown_short_so_the_table_stays_narrow():
     assert report._grid_text(grid) == "γ ∈ {0, 0.25, …, 5} (6 heads)"
     product = [{"beta": b, "gamma": g} for b in (0.99, 0.999) for g in (0.0, 1.0)]
     assert report._grid_text(product) == "β ∈ {0.99, 0.999} × γ ∈ {0, 1} (4 heads)"
+
+
+def test_number_cells_never_wrap_and_text_cells_may():
+    # A mean ± std broken over three lines (seen in the Chromium screenshot of the three-seed study,
+    # where the last column was numeric) misreads; grids and choices may wrap.
+    table = report._html_table(
+        ("Strategy", "Top-1", "Few", "Grid"),
+        [("decoupled-focal", "87.16 ± 0.20 (n=3)", "73.92 ± 0.83", "γ ∈ {0, 0.25, …, 5} (13 heads)")],
+    )
+    assert "<td>decoupled-focal</td><td>87.16 ± 0.20 (n=3)</td><td>73.92 ± 0.83</td>" in table
+    assert '<td class="text">γ ∈ {0, 0.25, …, 5} (13 heads)</td>' in table
+    assert "td.text { white-space: normal; text-align: left; }" in report._CSS
+    assert "td:last-child { white-space" not in report._CSS

@@ -281,7 +281,7 @@ def plot_summary(strategies: Mapping[str, dict], path) -> Path:
     stds = [100 * (strategies[n]["std"]["accuracy"] or 0.0) for n in names]  # one seed: no error bar
     top1.barh(y, means, xerr=stds, color="tab:blue", alpha=0.8, capsize=3, label="ours (mean ± sample std over seeds)")
     # Our value inside its bar (beside it when the bar is too short to hold it) and the study's
-    # beside its diamond, so the two never overlap.
+    # right of both its diamond and our bar's error bar, so neither covers the other.
     for row, mean, std in zip(y, means, stds, strict=True):
         inside = mean >= 10
         top1.text(
@@ -299,10 +299,11 @@ def plot_summary(strategies: Mapping[str, dict], path) -> Path:
     if reported:
         rows, values = zip(*reported, strict=True)
         top1.scatter(values, rows, marker="D", color="black", zorder=3, label="the study reported")
+        ends = dict(zip(y, (mean + std for mean, std in zip(means, stds, strict=True)), strict=True))
         for row, value in reported:
-            top1.text(value + 2, row, f"{value:.1f}", va="center", fontsize=8)
+            top1.text(max(value, ends[row]) + 1.5, row, f"study {value:.1f}", va="center", fontsize=8)
     top1.set_yticks(y, names)
-    top1.set_xlim(0, 105)
+    top1.set_xlim(0, 112)
     top1.set_xlabel("top-1 accuracy (%)")
     top1.grid(axis="x", alpha=0.3)
     top1.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12), fontsize=8, ncols=2, frameon=False)
@@ -880,12 +881,12 @@ body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2r
 h1 { border-bottom: 2px solid #2a6fb0; padding-bottom: .3rem; }
 h2 { margin-top: 2.2rem; color: #2a6fb0; }
 .scroll { overflow-x: auto; }
-table { border-collapse: collapse; margin: .8rem 0; font-size: .82rem; }
-th, td { border: 1px solid #ccc; padding: .3rem .4rem; }
+table { border-collapse: collapse; margin: .8rem 0; font-size: .78rem; }
+th, td { border: 1px solid #ccc; padding: .3rem .35rem; }
 th { background: #eef3f9; font-size: .8rem; }
 td { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
 td:first-child { text-align: left; font-weight: 600; }
-td:last-child { white-space: normal; }  /* a text column at the end (a grid, a choice) wraps; numbers do not */
+td.text { white-space: normal; text-align: left; }  /* a text cell (a grid, a choice) wraps; numbers never do */
 tr:nth-child(even) td { background: #fafafa; }
 table.kv td { text-align: left; font-weight: normal; }
 table.kv td:first-child { font-weight: 600; }
@@ -904,10 +905,27 @@ window.addEventListener("load", function () {
 """
 
 
+_SEED_COUNT = re.compile(r"\(n=\d+\)")
+
+
+def _is_text(cell: str) -> bool:
+    """Whether a table cell holds words (a grid, a choice: it may wrap) rather than numbers (it never
+    wraps: a mean ± std broken over lines misreads). The seed count "(n=3)" is no word."""
+    return any(char.isalpha() for char in _SEED_COUNT.sub("", cell))
+
+
+def _html_cell(cell: str, column: int) -> str:
+    """One escaped cell; a text cell after the first column (the row's name) may wrap."""
+    wraps = column > 0 and _is_text(cell)
+    return f'<td class="text">{html.escape(cell)}</td>' if wraps else f"<td>{html.escape(cell)}</td>"
+
+
 def _html_table(header: Sequence[str], rows: Sequence[Sequence[str]], css_class: str = "") -> str:
     """An HTML table with escaped cells."""
     head = "".join(f"<th>{html.escape(cell)}</th>" for cell in header)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(cell)}</td>" for cell in row) + "</tr>\n" for row in rows)
+    body = "".join(
+        "<tr>" + "".join(_html_cell(cell, column) for column, cell in enumerate(row)) + "</tr>\n" for row in rows
+    )
     class_attr = f' class="{css_class}"' if css_class else ""
     return f"<table{class_attr}><thead><tr>{head}</tr></thead>\n<tbody>\n{body}</tbody></table>"
 
