@@ -18,7 +18,7 @@ from longtail.artifacts import load_trained_model
 from longtail.config import Stage2Config
 from longtail.data import dataset as dataset_module
 from longtail.evaluation import evaluate_run
-from longtail.features import feature_file, features_and_logits
+from longtail.features import FEATURE_FILES, feature_file, features_and_logits
 from longtail.resolution import choose_size, resolve_test_size, size_grid
 from longtail.runtime import Runtime
 
@@ -87,7 +87,7 @@ def _scrambled_copy(run_dir: Path, tmp_path: Path, monkeypatch, seed: int) -> Pa
     monkeypatch.setattr(dataset_module, "load_arrays", scrambled)
     copy = tmp_path / "run"
     shutil.copytree(run_dir, copy)
-    for cached in copy.glob("features-*px.pt"):
+    for cached in copy.glob(FEATURE_FILES):
         cached.unlink()
     return copy
 
