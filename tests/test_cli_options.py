@@ -42,7 +42,16 @@ from longtail.choices import (
     STRATEGIES,
     TTA_MODES,
 )
-from longtail.config import DEFAULT_PRESET, DEFAULT_SEEDS, DEFAULT_TOP_K, PRESETS, Stage2Config, TrainConfig
+from longtail.config import (
+    DATA_FIELDS,
+    DEFAULT_PRESET,
+    DEFAULT_SEEDS,
+    DEFAULT_TOP_K,
+    PRESETS,
+    STUDY_FIELDS,
+    Stage2Config,
+    TrainConfig,
+)
 
 # The fewest arguments each command parses with (positionals first).
 REQUIRED = {
@@ -178,7 +187,7 @@ def test_the_configs_of_no_options_are_the_dataclass_defaults():
     assert cli._train_config(_parse("train", "--out", "run")) == TrainConfig()
     assert cli._stage2_config(_parse("decouple", "run", "--out", "head")) == Stage2Config()
     args = _parse("reproduce", "--out", "study")
-    assert all(getattr(args, name) is None for name in (*cli.STUDY_FIELDS, *cli.DATA_FIELDS, "weights"))
+    assert all(getattr(args, name) is None for name in (*STUDY_FIELDS, *DATA_FIELDS, "weights"))
 
 
 def test_the_options_given_reach_the_configs():

@@ -27,20 +27,22 @@ from longtail.choices import (
     TTA_MODES,
 )
 from longtail.config import (
+    DATA_FIELDS,
     DEFAULT_PRESET,
     DEFAULT_SEEDS,
     DEFAULT_TOP_K,
     MAX_FREEZE_BLOCKS,
     MAX_SEED,
     PRESETS,
+    STUDY_FIELDS,
     Stage2Config,
     TrainConfig,
     check_int,
     check_prediction_options,
     parse_feature_size,
     parse_imbalance,
-    parse_size_schedule,
     parse_test_size,
+    size_schedule_span,
     study_config,
 )
 from longtail.errors import LongtailError
@@ -79,35 +81,6 @@ def _given(args, names) -> dict:
 
 def _fields(cls) -> tuple[str, ...]:
     return tuple(field.name for field in dataclasses.fields(cls))
-
-
-# The TrainConfig fields the data options set; an option not given leaves the config's default.
-DATA_FIELDS = (
-    "imbalance",
-    "profile",
-    "max_per_class",
-    "val_per_class",
-    "val_fraction",
-    "test_fraction",
-    "store_size",
-    "skip_bad_images",
-    "groups",
-    "train_list",
-    "val_list",
-    "test_list",
-    "class_names_file",
-)
-# The study-wide TrainConfig fields `longtail reproduce` overrides (the preset's, or the config's).
-STUDY_FIELDS = (
-    "epochs",
-    "image_size",
-    "size_schedule",
-    "test_size",
-    "lr_schedule",
-    "tta",
-    "decay_reading",
-    "freeze_blocks",
-)
 
 
 def _add_data_options(parser: argparse.ArgumentParser, *, seed: bool = True) -> None:
@@ -593,9 +566,8 @@ def _train_config(args) -> TrainConfig:
     and --image-size when they are not given."""
     settings = {**_given(args, _fields(TrainConfig)), **_data_settings(args)}
     if "size_schedule" in settings:
-        stages = parse_size_schedule(settings["size_schedule"])
-        settings.setdefault("image_size", stages[-1][0])
-        settings.setdefault("epochs", sum(epochs for _, epochs in stages))
+        for name, value in size_schedule_span(settings["size_schedule"]).items():
+            settings.setdefault(name, value)
     config = TrainConfig(**settings)
     config.validate()
     return config

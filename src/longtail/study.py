@@ -453,7 +453,7 @@ def reproduce(
 
     ``overrides`` sets ``TrainConfig`` fields over the preset's settings (recorded in
     ``results.json`` as ``overrides``): the study-wide options of ``longtail reproduce``
-    (``cli.STUDY_FIELDS``), its data options, and small internal configurations in tests. A run
+    (``longtail.config.STUDY_FIELDS``), its data options, and small internal configurations in tests. A run
     already under ``out`` is reused or resumed only when it was made with exactly these settings;
     otherwise nothing is written and the error says what differs (``overwrite`` retrains
     everything). Every strategy is also reported under each of ``test_priors``
