@@ -42,6 +42,9 @@ from longtail.choices import (
     STRATEGIES,
     TTA_MODES,
 )
+from longtail.cli.commands import _stage2_config, _train_config
+from longtail.cli.options import shown_value
+from longtail.cli.parser import DESCRIPTION
 from longtail.config import (
     DATA_FIELDS,
     DEFAULT_PRESET,
@@ -140,7 +143,7 @@ def test_the_defaults_the_help_states_are_the_dataclasses(command):
         value = getattr(config, action.dest)
         if value is None:  # explained in words ("default: tuned on the validation split")
             continue
-        assert f"default {cli._shown(value)}" in _option_help(parser, action), (command, action.dest, value)
+        assert f"default {shown_value(value)}" in _option_help(parser, action), (command, action.dest, value)
         checked += 1
     assert checked, f"no option of {command} sets a field of {config.__name__}"
 
@@ -161,7 +164,7 @@ def test_help_formats_and_opens_with_what_longtail_does():
     assert status == 0 and err == ""
     text = " ".join(out.split())
     opening = " ".join(out.split("\n\n")[1].split())  # after the usage line
-    assert opening == " ".join(cli.DESCRIPTION.split())
+    assert opening == " ".join(DESCRIPTION.split())
     assert opening.startswith("Long-tailed image classification with EfficientNet-B0")
     assert "argument parsing" not in text and "Command line:" not in text
     for command in REQUIRED:
@@ -184,14 +187,14 @@ def test_an_option_not_given_is_none_so_the_dataclass_decides(command):
 
 
 def test_the_configs_of_no_options_are_the_dataclass_defaults():
-    assert cli._train_config(_parse("train", "--out", "run")) == TrainConfig()
-    assert cli._stage2_config(_parse("decouple", "run", "--out", "head")) == Stage2Config()
+    assert _train_config(_parse("train", "--out", "run")) == TrainConfig()
+    assert _stage2_config(_parse("decouple", "run", "--out", "head")) == Stage2Config()
     args = _parse("reproduce", "--out", "study")
     assert all(getattr(args, name) is None for name in (*STUDY_FIELDS, *DATA_FIELDS, "weights"))
 
 
 def test_the_options_given_reach_the_configs():
-    train = cli._train_config(
+    train = _train_config(
         _parse(
             "train", "--out", "run", "--lr", "0.01", "--batch-size", "7", "--no-augment", "--deterministic",
             "--strategy", "reweight", "--bn", "frozen", "--device", "cpu", "--tta", "flip", "--test-size", "train",
@@ -202,9 +205,9 @@ def test_the_options_given_reach_the_configs():
     expected.update(device="cpu", tta="flip", test_size="train", seed=3, val_fraction=0.2, val_per_class=0)
     expected.update(decay_reading="l2", decay_value=0.01)
     assert train == TrainConfig(**expected)
-    scheduled = cli._train_config(_parse("train", "--out", "run", "--size-schedule", "48:2,64:3"))
+    scheduled = _train_config(_parse("train", "--out", "run", "--size-schedule", "48:2,64:3"))
     assert (scheduled.epochs, scheduled.image_size) == (5, 64)
-    head = cli._stage2_config(
+    head = _stage2_config(
         _parse("decouple", "run", "--out", "head", "--loss", "focal", "--gamma", "2", "--epochs", "3", "--seed", "1")
     )
     assert head == Stage2Config(loss="focal", gamma=2.0, epochs=3, seed=1)

@@ -25,6 +25,7 @@ import pytest
 from PIL import Image
 
 from longtail import cli
+from longtail.cli.commands import _data_settings
 from longtail.config import TrainConfig
 from longtail.data import StoredImages, load_dataset, load_source
 from longtail.data import images as images_module
@@ -340,7 +341,7 @@ def test_reproduce_takes_the_list_options_into_every_run(tree):
         "--store-size",
         "32",
     ]
-    settings = cli._data_settings(cli.build_parser().parse_args(argv))
+    settings = _data_settings(cli.build_parser().parse_args(argv))
     assert settings["imbalance"] == "natural" and settings["val_per_class"] == 0
     imbalance = settings.pop("imbalance")
     config = study_config("smoke", data=str(tree), weights="none", imbalance=imbalance, given=settings)
