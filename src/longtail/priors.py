@@ -46,6 +46,7 @@ import numpy as np
 
 from longtail.errors import LongtailError
 from longtail.metrics import confusion_cells
+from longtail.selection import best_on_validation
 
 UNIFORM, TRAIN = "uniform", "train"
 FAMILIES = ("forward", "backward")  # forward-N, backward-N
@@ -337,7 +338,7 @@ def choose_adjustment(val_logits: np.ndarray, val_labels: np.ndarray, target: np
         tau: accuracy_under_prior(val_labels, (val_logits + tau * direction).argmax(1), target)
         for tau in TARGET_TAU_GRID
     }
-    tau = max(TARGET_TAU_GRID, key=lambda t: (scores[t], -t))
+    tau = best_on_validation(scores, tie_key=lambda t: t)
     return {
         "prior": np.asarray(target, dtype=float).tolist(),
         "tau": tau,
