@@ -105,18 +105,42 @@ def test_the_reader_sees_lazy_and_type_checking_imports(tmp_path):
     assert imported(module, {"train", "data", "cli"}) == {"train", "data", "cli"}
 
 
-# Functions that are argparse tables (one add_argument call per option), the one exception to the length rule.
+# Functions that are argparse tables (one add_argument call per option), the one exception to the length rules.
 ARGPARSE_TABLES = {"cli": {"build_parser", "_add_data_options", "_add_train_options"}}
-MAX_FUNCTION_LINES = 80
+# The length rules: (longest function, longest module or None for no limit, the modules held to them or
+# None for all). Every module keeps its functions to 80 lines; the modules the layout's second round
+# (issue 26) has split so far are held to its limits, functions of 60 lines and modules of 450.
+LENGTH_LIMITS = [
+    (80, None, None),
+    (60, 450, ("selection", "stage2", "stage2.heads", "stage2.tuning", "stage2.fit", "stage2.calibration", "decouple")),
+]
 
 
-def test_no_function_is_longer_than_80_lines_but_the_argparse_tables():
-    long = [
+def too_long(name: str, path: Path, function_limit: int, module_limit: int | None) -> list[str]:
+    """What in module ``name`` (at ``path``) is longer than its limits: functions (argparse tables
+    aside) and the module itself."""
+    text = path.read_text()
+    found = [
         f"{name}.{node.name} ({node.end_lineno - node.lineno + 1} lines)"
-        for name, path in modules().items()
-        for node in ast.walk(ast.parse(path.read_text(), str(path)))
+        for node in ast.walk(ast.parse(text, str(path)))
         if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
-        and node.end_lineno - node.lineno + 1 > MAX_FUNCTION_LINES
+        and node.end_lineno - node.lineno + 1 > function_limit
         and node.name not in ARGPARSE_TABLES.get(name, ())
+    ]
+    lines = len(text.splitlines())
+    if module_limit is not None and lines > module_limit:
+        found.append(f"{name} ({lines} lines)")
+    return found
+
+
+@pytest.mark.parametrize(("function_limit", "module_limit", "names"), LENGTH_LIMITS)
+def test_no_function_or_module_is_longer_than_its_limit_but_the_argparse_tables(function_limit, module_limit, names):
+    found = modules()
+    assert set(names or ()) <= set(found), "a module held to a length limit does not exist"
+    long = [
+        entry
+        for name, path in found.items()
+        if names is None or name in names
+        for entry in too_long(name, path, function_limit, module_limit)
     ]
     assert not long, long

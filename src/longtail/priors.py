@@ -29,7 +29,7 @@ validation split re-weighted to the target prior; ``tau = 0`` (no shift) is in t
 every tie, so a shift is taken only where it helps there. ``pi_own`` is a ``Calibration``: the
 prior a (weighted, logit-adjusted) cross-entropy calibrates a classifier to
 (``cross_entropy_calibration``, ``logit_adjusted``); each head type's reading is in
-``longtail.strategies`` (stage 1) and ``longtail.decouple`` (stage 2).
+``longtail.stage2.calibration`` (a stage-1 classifier and a stage-2 head).
 
 Torch-free (numpy), so the command line checks every prior before it imports torch.
 """
