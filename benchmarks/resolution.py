@@ -19,16 +19,16 @@ import datetime
 import json
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from longtail.artifacts import load_trained_classifier, load_trained_model, run_test_size
 from longtail.config import Stage2Config
-from longtail.decouple import fit_stage2_heads
 from longtail.features import Features, apply_head, extract_features
+from longtail.metrics import top1_accuracy
 from longtail.models import head_of
 from longtail.resolution import size_grid
 from longtail.runtime import Runtime
+from longtail.stage2 import fit_stage2_heads
 from longtail.strategies import class_balanced_beta
 from longtail.study import STUDY_LOSSES, cpu_name
 
@@ -41,10 +41,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--stage2-sizes", type=int, nargs="*", help="sizes to train stage-2 heads on")
     parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
     return parser.parse_args(argv)
-
-
-def _accuracy(logits: torch.Tensor, labels: np.ndarray) -> float:
-    return float((logits.argmax(1).numpy() == labels).mean())
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -72,9 +68,9 @@ def main(argv: list[str] | None = None) -> dict:
         test = extract_features(model, images["test"], *common)
         test_flip = extract_features(model, images["test"], *common, flip=True)
         row = {
-            "val": _accuracy(apply_head(head, val), y_val),
-            "test": _accuracy(apply_head(head, test), y_test),
-            "test_flip": _accuracy(apply_head(head, test, test_flip), y_test),
+            "val": top1_accuracy(apply_head(head, val), y_val),
+            "test": top1_accuracy(apply_head(head, test), y_test),
+            "test_flip": top1_accuracy(apply_head(head, test, test_flip), y_test),
         }
         if size in stage2_sizes:
             train = extract_features(model, images["train"], *common)[None]
@@ -82,9 +78,9 @@ def main(argv: list[str] | None = None) -> dict:
             fitted = fit_stage2_heads(configs, stage1_head, features, dataset, class_balanced_beta(config))
             for loss, (fitted_head, record) in zip(STUDY_LOSSES, fitted, strict=True):
                 row[f"decoupled-{loss}"] = {
-                    "val": _accuracy(apply_head(fitted_head, val), y_val),
-                    "test": _accuracy(apply_head(fitted_head, test), y_test),
-                    "test_flip": _accuracy(apply_head(fitted_head, test, test_flip), y_test),
+                    "val": top1_accuracy(apply_head(fitted_head, val), y_val),
+                    "test": top1_accuracy(apply_head(fitted_head, test), y_test),
+                    "test_flip": top1_accuracy(apply_head(fitted_head, test, test_flip), y_test),
                     "tau": record.get("tau"),
                 }
         rows[size] = row

@@ -7,7 +7,7 @@ class-balanced, cb-focal), each evaluated on the balanced test set.
   baseline and Reweight); the five stage-2 heads (``longtail.decouple.decouple_many``) reuse the
   baseline run, whose backbone features are cached, and train side by side.
 - naive: seven stage-1 runs (baseline, Reweight, and a baseline-like re-training before each
-  decoupled loss); each stage-2 head is trained with ``longtail.decouple.train_head`` through
+  decoupled loss); each stage-2 head is trained with ``longtail.stage2.train_head`` through
   the frozen backbone (a fetch that runs it on every batch, every epoch), then evaluated through
   it. Heads, losses, samplers and hyperparameters are the same as longtail's.
 
@@ -53,22 +53,15 @@ import torch
 
 from longtail import decouple as decouple_module
 from longtail.artifacts import load_trained_model, run_test_size
-from longtail.config import TrainConfig
+from longtail.config import Stage2Config, TrainConfig
 from longtail.data import load_source
-from longtail.decouple import (
-    Stage2Config,
-    choose_setting,
-    decouple_many,
-    fit_at_sizes,
-    fit_stage2_heads,
-    reference_setting,
-    tuning_grid,
-)
+from longtail.decouple import decouple_many
 from longtail.evaluation import save_evaluation
 from longtail.features import FEATURE_FILES, Features, extract_features, feature_file
 from longtail.models import head_of
 from longtail.runs import atomic_torch_save, read_json, torch_load
 from longtail.runtime import Runtime
+from longtail.stage2 import choose_setting, fit_at_sizes, fit_stage2_heads, reference_setting, tuning_grid
 from longtail.strategies import class_balanced_beta
 from longtail.train import train
 

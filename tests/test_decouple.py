@@ -1,4 +1,4 @@
-"""Stage 2 (``longtail.decouple``): cached features train the same head as the frozen backbone,
+"""Stage 2 (``longtail.stage2``): cached features train the same head as the frozen backbone,
 and every stage-2 method does what its formula says on synthetic features.
 
 (a) runs EfficientNet-B0 with the real pretrained weights (a randomly initialised B0's pooled
@@ -19,7 +19,8 @@ import torch
 from torch import nn
 
 from longtail import data as data_module
-from longtail import decouple
+from longtail import stage2
+from longtail.config import Stage2Config
 from longtail.data import Arrays, Dataset, Split
 from longtail.errors import LongtailError
 from longtail.features import Features, extract_features
@@ -58,7 +59,7 @@ def test_head_on_cached_features_equals_head_through_frozen_backbone():
         torch.manual_seed(5)
         head = nn.Linear(FEATURE_DIM, 4)
         started = time.perf_counter()
-        decouple.train_head(head, fetch, labels, build_loss("balanced-softmax", counts), **common)
+        stage2.train_head(head, fetch, labels, build_loss("balanced-softmax", counts), **common)
         seconds.append(time.perf_counter() - started)
         heads.append(head)
     print(
@@ -122,40 +123,40 @@ def _logits(head: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 def _fit(config, stage1, features, dataset, **kwargs):
     """One stage-2 head fitted alone: ``fit_stage2_heads`` with one config."""
-    return decouple.fit_stage2_heads([config], stage1, features, dataset, **kwargs)[0]
+    return stage2.fit_stage2_heads([config], stage1, features, dataset, **kwargs)[0]
 
 
 def test_post_hoc_la_tau_0_keeps_and_tau_1_subtracts_the_log_prior():
     features, stage1, dataset = _gaussian_problem()
     x = features.test
-    head, chosen = _fit(decouple.Stage2Config(method="post-hoc-la", tau=0.0), stage1, features, dataset)
+    head, chosen = _fit(Stage2Config(method="post-hoc-la", tau=0.0), stage1, features, dataset)
     assert chosen == {"tau": 0.0}
     torch.testing.assert_close(_logits(head, x), _logits(stage1, x), atol=1e-6, rtol=0)
 
-    head, _ = _fit(decouple.Stage2Config(method="post-hoc-la", tau=1.0), stage1, features, dataset)
+    head, _ = _fit(Stage2Config(method="post-hoc-la", tau=1.0), stage1, features, dataset)
     log_prior = torch.log(torch.tensor(COUNTS, dtype=torch.float32) / sum(COUNTS))
     torch.testing.assert_close(_logits(head, x), _logits(stage1, x) - log_prior, atol=1e-5, rtol=0)
 
 
 def test_tau_norm_tau_0_keeps_the_weights_and_drops_the_bias():
     features, stage1, dataset = _gaussian_problem()
-    head, chosen = _fit(decouple.Stage2Config(method="tau-norm", tau=0.0), stage1, features, dataset)
+    head, chosen = _fit(Stage2Config(method="tau-norm", tau=0.0), stage1, features, dataset)
     assert chosen == {"tau": 0.0}
     torch.testing.assert_close(head.weight, stage1.weight, atol=0, rtol=0)
     assert torch.count_nonzero(head.bias) == 0  # Kang et al. drop the bias
     # With a bias-free stage-1 classifier, tau = 0 therefore predicts exactly what stage 1 did.
     with torch.no_grad():
         stage1.bias.zero_()
-    head, _ = _fit(decouple.Stage2Config(method="tau-norm", tau=0.0), stage1, features, dataset)
+    head, _ = _fit(Stage2Config(method="tau-norm", tau=0.0), stage1, features, dataset)
     torch.testing.assert_close(_logits(head, features.test), _logits(stage1, features.test), atol=1e-6, rtol=0)
     # tau = 1: every class vector has unit norm.
-    head, _ = _fit(decouple.Stage2Config(method="tau-norm", tau=1.0), stage1, features, dataset)
+    head, _ = _fit(Stage2Config(method="tau-norm", tau=1.0), stage1, features, dataset)
     torch.testing.assert_close(head.weight.norm(dim=1), torch.ones(len(COUNTS)), atol=1e-6, rtol=0)
 
 
 def test_lws_returns_a_linear_layer_with_the_learned_scales_folded_in():
     features, stage1, dataset = _gaussian_problem()
-    config = decouple.Stage2Config(method="lws", epochs=5, batch_size=16, lr=1e-2)
+    config = Stage2Config(method="lws", epochs=5, batch_size=16, lr=1e-2)
     assert config.resolved_sampler == "class-balanced"
     head, chosen = _fit(config, stage1, features, dataset)
     assert type(head) is nn.Linear
@@ -202,17 +203,17 @@ def _tuning_problem(with_val: bool = True):
 
 def test_post_hoc_tau_is_tuned_on_validation_accuracy_not_on_the_test_set():
     features, stage1, dataset, test_labels = _tuning_problem()
-    head, chosen = _fit(decouple.Stage2Config(method="post-hoc-la"), stage1, features, dataset)
+    head, chosen = _fit(Stage2Config(method="post-hoc-la"), stage1, features, dataset)
     assert chosen["tau"] == 2.0
     scores = chosen["val_accuracy_by_tau"]
-    assert set(scores) == set(decouple.TAU_GRID_POST_HOC)
+    assert set(scores) == set(stage2.TAU_GRID_POST_HOC)
     assert scores[2.0] == 1.0
     assert all(score < 1.0 for tau, score in scores.items() if tau != 2.0)
     # The head returned is the one for the chosen tau.
-    expected, _ = _fit(decouple.Stage2Config(method="post-hoc-la", tau=2.0), stage1, features, dataset)
+    expected, _ = _fit(Stage2Config(method="post-hoc-la", tau=2.0), stage1, features, dataset)
     torch.testing.assert_close(head.bias, expected.bias, atol=0, rtol=0)
     # On the test set tau = 0 would have been best, and 2.0 gets the test's class 0 wrong.
-    zero, _ = _fit(decouple.Stage2Config(method="post-hoc-la", tau=0.0), stage1, features, dataset)
+    zero, _ = _fit(Stage2Config(method="post-hoc-la", tau=0.0), stage1, features, dataset)
     assert (_logits(zero, features.test).argmax(1).numpy() == test_labels).mean() == 1.0
     assert (_logits(head, features.test).argmax(1).numpy() == test_labels).mean() == 0.5
 
@@ -221,26 +222,26 @@ def test_post_hoc_tau_is_tuned_on_validation_accuracy_not_on_the_test_set():
 def test_tuning_without_a_validation_split_is_a_clear_error(method):
     features, stage1, dataset, _ = _tuning_problem(with_val=False)
     with pytest.raises(LongtailError, match="validation split"):
-        _fit(decouple.Stage2Config(method=method), stage1, features, dataset)
+        _fit(Stage2Config(method=method), stage1, features, dataset)
     # A given tau needs no validation split.
-    head, chosen = _fit(decouple.Stage2Config(method=method, tau=1.0), stage1, features, dataset)
+    head, chosen = _fit(Stage2Config(method=method, tau=1.0), stage1, features, dataset)
     assert chosen == {"tau": 1.0}
 
 
 def test_modified_ce_tunes_tau_over_the_trained_grid_and_records_it():
     features, stage1, dataset = _gaussian_problem(val_per_class=15)
-    config = decouple.Stage2Config(method="retrain", loss="modified-ce", epochs=3, batch_size=32)
+    config = Stage2Config(method="retrain", loss="modified-ce", epochs=3, batch_size=32)
     head, chosen = _fit(config, stage1, features, dataset)
     assert chosen["loss"] == "logit-adjusted"
     scores = chosen["val_accuracy_by_tau"]
-    assert list(scores) == list(decouple.TAU_GRID_TRAINED)
+    assert list(scores) == list(stage2.TAU_GRID_TRAINED)
     val_labels = dataset.val_labels
     best = max(scores, key=lambda tau: (scores[tau], -abs(tau - 1.0)))
     assert chosen["tau"] == best
     assert (_logits(head, features.val).argmax(1).numpy() == val_labels).mean() == scores[best]
     # The head returned is the one trained with the recorded tau.
     fixed, fixed_chosen = _fit(
-        decouple.Stage2Config(method="retrain", loss="modified-ce", epochs=3, batch_size=32, tau=best),
+        Stage2Config(method="retrain", loss="modified-ce", epochs=3, batch_size=32, tau=best),
         stage1,
         features,
         dataset,
@@ -250,9 +251,9 @@ def test_modified_ce_tunes_tau_over_the_trained_grid_and_records_it():
     torch.testing.assert_close(head.weight, fixed.weight, atol=1e-6, rtol=0)
     torch.testing.assert_close(head.bias, fixed.bias, atol=1e-6, rtol=0)
     # The heads differ between taus: tuning chose among genuinely different candidates.
-    other_tau = next(tau for tau in decouple.TAU_GRID_TRAINED if tau != best)
+    other_tau = next(tau for tau in stage2.TAU_GRID_TRAINED if tau != best)
     other, _ = _fit(
-        decouple.Stage2Config(method="retrain", loss="modified-ce", epochs=3, batch_size=32, tau=other_tau),
+        Stage2Config(method="retrain", loss="modified-ce", epochs=3, batch_size=32, tau=other_tau),
         stage1,
         features,
         dataset,
@@ -264,14 +265,14 @@ def test_heads_fitted_together_equal_heads_fitted_one_by_one():
     features, stage1, dataset = _gaussian_problem(val_per_class=15)
     common = dict(method="retrain", epochs=3, batch_size=32)
     configs = [
-        decouple.Stage2Config(loss="modified-ce", **common),  # a tau grid of its own inside the grid
-        decouple.Stage2Config(loss="focal", gamma=2.0, **common),
-        decouple.Stage2Config(loss="class-balanced", beta=0.99, **common),
-        decouple.Stage2Config(loss="crt", **common),  # class-balanced sampling: other batches, another grid
-        decouple.Stage2Config(loss="ldam", **common),  # a cosine head: alone
-        decouple.Stage2Config(method="post-hoc-la"),
+        Stage2Config(loss="modified-ce", **common),  # a tau grid of its own inside the grid
+        Stage2Config(loss="focal", gamma=2.0, **common),
+        Stage2Config(loss="class-balanced", beta=0.99, **common),
+        Stage2Config(loss="crt", **common),  # class-balanced sampling: other batches, another grid
+        Stage2Config(loss="ldam", **common),  # a cosine head: alone
+        Stage2Config(method="post-hoc-la"),
     ]
-    together = decouple.fit_stage2_heads(configs, stage1, features, dataset)
+    together = stage2.fit_stage2_heads(configs, stage1, features, dataset)
     for config, (head, chosen) in zip(configs, together, strict=True):
         alone, alone_chosen = _fit(config, stage1, features, dataset)
         assert chosen == alone_chosen, config
@@ -294,9 +295,9 @@ def test_class_balanced_beta_comes_from_the_stage1_decay_value_under_the_cb_beta
     # Stage 2: a head that leaves beta to the stage-1 run is the head fitted with that beta.
     features, stage1, dataset = _gaussian_problem(val_per_class=5)
     common = dict(loss="class-balanced", epochs=2, batch_size=32)
-    inherited, _ = _fit(decouple.Stage2Config(**common), stage1, features, dataset, default_beta=0.9)
-    explicit, _ = _fit(decouple.Stage2Config(beta=0.9, **common), stage1, features, dataset)
-    standard, _ = _fit(decouple.Stage2Config(beta=0.9999, **common), stage1, features, dataset)
+    inherited, _ = _fit(Stage2Config(**common), stage1, features, dataset, default_beta=0.9)
+    explicit, _ = _fit(Stage2Config(beta=0.9, **common), stage1, features, dataset)
+    standard, _ = _fit(Stage2Config(beta=0.9999, **common), stage1, features, dataset)
     torch.testing.assert_close(inherited.weight, explicit.weight, atol=0, rtol=0)
     assert not torch.allclose(inherited.weight, standard.weight, atol=1e-5)
     # LDAM-DRW's deferred re-weighting uses the same beta.
@@ -311,24 +312,24 @@ def test_class_balanced_beta_comes_from_the_stage1_decay_value_under_the_cb_beta
 # ---------------------------------------------------------------- knobs tuned on validation (--tune)
 
 TUNED = [
-    decouple.Stage2Config(loss="focal", tune=True),  # gamma over GAMMA_GRID
-    decouple.Stage2Config(loss="class-balanced", tune=True),  # beta over BETA_GRID
-    decouple.Stage2Config(loss="cb-focal", tune=True),  # both, over CB_FOCAL_GRID
-    decouple.Stage2Config(loss="cb-focal", gamma=2.0, tune=True),  # beta only, gamma given
+    Stage2Config(loss="focal", tune=True),  # gamma over GAMMA_GRID
+    Stage2Config(loss="class-balanced", tune=True),  # beta over BETA_GRID
+    Stage2Config(loss="cb-focal", tune=True),  # both, over CB_FOCAL_GRID
+    Stage2Config(loss="cb-focal", gamma=2.0, tune=True),  # beta only, gamma given
 ]
 
 
 def test_tuning_grids_are_as_large_as_the_tau_grid_and_hold_the_fixed_settings():
-    sizes = {len(decouple.tuning_grid(config)) for config in TUNED}
-    assert sizes == {len(decouple.TAU_GRID_TRAINED), 16}  # 13 values per knob; CB-focal's two knobs: 4 x 4
-    focal, balanced, both, beta_only = (decouple.tuning_grid(config) for config in TUNED)
+    sizes = {len(stage2.tuning_grid(config)) for config in TUNED}
+    assert sizes == {len(stage2.TAU_GRID_TRAINED), 16}  # 13 values per knob; CB-focal's two knobs: 4 x 4
+    focal, balanced, both, beta_only = (stage2.tuning_grid(config) for config in TUNED)
     assert {"gamma": 1.0} in focal and {"beta": 0.9999} in balanced and {"beta": 0.9999, "gamma": 1.0} in both
     assert set(beta_only[0]) == {"beta"}
     # Balanced Softmax has no knob; the fixed rows tune nothing; Modified CE tunes tau unless given.
-    assert decouple.tuning_grid(decouple.Stage2Config(loss="balanced-softmax")) == []
-    assert decouple.tuning_grid(decouple.Stage2Config(loss="focal")) == []
-    assert decouple.tuning_grid(decouple.Stage2Config(loss="modified-ce"))[0] == {"tau": 0.5}
-    assert decouple.tuning_grid(decouple.Stage2Config(loss="modified-ce", tau=2.0)) == []
+    assert stage2.tuning_grid(Stage2Config(loss="balanced-softmax")) == []
+    assert stage2.tuning_grid(Stage2Config(loss="focal")) == []
+    assert stage2.tuning_grid(Stage2Config(loss="modified-ce"))[0] == {"tau": 0.5}
+    assert stage2.tuning_grid(Stage2Config(loss="modified-ce", tau=2.0)) == []
 
 
 def _best_by_hand(scores: list[dict], fixed: dict) -> dict:
@@ -353,15 +354,15 @@ def test_tuned_heads_trained_side_by_side_equal_the_chosen_head_trained_alone():
     features, stage1, dataset = _gaussian_problem(val_per_class=15)
     common = dict(epochs=3, batch_size=32)
     configs = [dataclasses.replace(config, **common) for config in TUNED]
-    configs.append(decouple.Stage2Config(loss="modified-ce", **common))  # all in one grid of heads
-    together = decouple.fit_stage2_heads(configs, stage1, features, dataset)
+    configs.append(Stage2Config(loss="modified-ce", **common))  # all in one grid of heads
+    together = stage2.fit_stage2_heads(configs, stage1, features, dataset)
     for config, (head, chosen) in zip(configs, together, strict=True):
         knobs = config.resolved().tuned_knobs
         assert chosen["tuned"] == list(knobs)
         picked = {knob: chosen[knob] for knob in knobs}
         if knobs != ("tau",):
             scores = chosen["val_accuracy_by_setting"]
-            assert [{k: v for k, v in s.items() if k != "val_accuracy"} for s in scores] == decouple.tuning_grid(config)
+            assert [{k: v for k, v in s.items() if k != "val_accuracy"} for s in scores] == stage2.tuning_grid(config)
             assert picked == _best_by_hand(scores, {"gamma": 1.0, "beta": 0.9999})
             val_labels = dataset.arrays.y_train[dataset.split.val]
             accuracy = (_logits(head, features.val).argmax(1).numpy() == val_labels).mean()
@@ -377,10 +378,10 @@ def test_every_setting_of_a_tuned_grid_is_the_head_trained_alone_with_it(monkeyp
     # Not only the chosen one: make validation pick each grid point in turn (a validation score
     # that is highest at that point), so each head of the grid is compared with its own head alone.
     features, stage1, dataset = _gaussian_problem(val_per_class=5)
-    config = decouple.Stage2Config(loss="cb-focal", tune=True, epochs=2, batch_size=32)
-    grid = decouple.tuning_grid(config)
+    config = Stage2Config(loss="cb-focal", tune=True, epochs=2, batch_size=32)
+    grid = stage2.tuning_grid(config)
     heads = {}
-    real = decouple.choose_setting
+    real = stage2.choose_setting
 
     def pick(target):
         def fake(candidates, features, val_labels, fixed):
@@ -390,7 +391,7 @@ def test_every_setting_of_a_tuned_grid_is_the_head_trained_alone_with_it(monkeyp
         return fake
 
     for target in (grid[0], grid[5], grid[-1]):
-        monkeypatch.setattr(decouple, "choose_setting", pick(target))
+        monkeypatch.setattr("longtail.stage2.fit.choose_setting", pick(target))
         heads[tuple(target.items())] = _fit(config, stage1, features, dataset)[0]
     monkeypatch.undo()
     for target, head in heads.items():
@@ -403,11 +404,11 @@ def test_every_choice_is_made_on_validation_alone_scrambling_the_test_set_change
     features, stage1, dataset = _gaussian_problem(val_per_class=15)
     common = dict(epochs=2, batch_size=32)
     configs = [dataclasses.replace(config, **common) for config in TUNED] + [
-        decouple.Stage2Config(loss="modified-ce", **common),
-        decouple.Stage2Config(method="post-hoc-la"),
-        decouple.Stage2Config(method="tau-norm"),
+        Stage2Config(loss="modified-ce", **common),
+        Stage2Config(method="post-hoc-la"),
+        Stage2Config(method="tau-norm"),
     ]
-    before = decouple.fit_stage2_heads(configs, stage1, features, dataset)
+    before = stage2.fit_stage2_heads(configs, stage1, features, dataset)
     generator = torch.Generator().manual_seed(9)
     scrambled = Features(
         features.train, features.val, torch.randn(features.test.shape, generator=generator) * 5, features.test_flip
@@ -419,7 +420,7 @@ def test_every_choice_is_made_on_validation_alone_scrambling_the_test_set_change
         dataset.mean,
         dataset.std,
     )
-    after = decouple.fit_stage2_heads(configs, stage1, scrambled, permuted)
+    after = stage2.fit_stage2_heads(configs, stage1, scrambled, permuted)
     for (head, chosen), (head_after, chosen_after) in zip(before, after, strict=True):
         assert chosen_after == chosen
         torch.testing.assert_close(head_after.weight, head.weight, atol=0, rtol=0)
@@ -428,18 +429,18 @@ def test_every_choice_is_made_on_validation_alone_scrambling_the_test_set_change
 @pytest.mark.parametrize(
     ("config", "expected"),
     [
-        (decouple.Stage2Config(loss="focal", tune=True), {"gamma": 1.0}),
-        (decouple.Stage2Config(loss="class-balanced", tune=True), {"beta": 0.9999}),
-        (decouple.Stage2Config(loss="cb-focal", tune=True), {"beta": 0.9999, "gamma": 1.0}),
-        (decouple.Stage2Config(loss="modified-ce"), {"tau": 1.0}),
-        (decouple.Stage2Config(method="post-hoc-la"), {"tau": 1.0}),
+        (Stage2Config(loss="focal", tune=True), {"gamma": 1.0}),
+        (Stage2Config(loss="class-balanced", tune=True), {"beta": 0.9999}),
+        (Stage2Config(loss="cb-focal", tune=True), {"beta": 0.9999, "gamma": 1.0}),
+        (Stage2Config(loss="modified-ce"), {"tau": 1.0}),
+        (Stage2Config(method="post-hoc-la"), {"tau": 1.0}),
     ],
 )
 def test_ties_go_to_the_setting_closest_to_the_fixed_one(config, expected):
     # Every candidate scores the same on validation (identical heads): the fixed setting wins.
     features, stage1, dataset = _gaussian_problem(val_per_class=5)
-    points = decouple.tuning_grid(config)
-    best, scores = decouple.choose_setting(
+    points = stage2.tuning_grid(config)
+    best, scores = stage2.choose_setting(
         [(point, stage1) for point in points],
         features,
         dataset.arrays.y_train[dataset.split.val],
@@ -448,16 +449,16 @@ def test_ties_go_to_the_setting_closest_to_the_fixed_one(config, expected):
     assert len(set(scores)) == 1 and points[best] == expected
     # With another fixed beta (a stage-1 --decay-value), ties go to the grid's beta nearest it.
     if "beta" in expected:
-        best, _ = decouple.choose_setting(
+        best, _ = stage2.choose_setting(
             [(point, stage1) for point in points],
             features,
             dataset.arrays.y_train[dataset.split.val],
             {"tau": 1.0, "gamma": 1.0, "beta": 0.9993},
         )
-        assert points[best]["beta"] == (0.9995 if len(points) == len(decouple.BETA_GRID) else 0.999)
+        assert points[best]["beta"] == (0.9995 if len(points) == len(stage2.BETA_GRID) else 0.999)
 
 
 def test_tuning_gamma_or_beta_without_a_validation_split_is_a_clear_error():
     features, stage1, dataset, _ = _tuning_problem(with_val=False)
     with pytest.raises(LongtailError, match="tuning gamma needs a validation split.*--gamma"):
-        _fit(decouple.Stage2Config(loss="focal", tune=True, epochs=1), stage1, features, dataset)
+        _fit(Stage2Config(loss="focal", tune=True, epochs=1), stage1, features, dataset)

@@ -110,8 +110,10 @@ ARGPARSE_TABLES = {"cli.parser": {"build_parser"}, "cli.options": {"add_data_opt
 # The longest function (in lines, the argparse tables aside) and module of each part of the package: a part is
 # a module or package and everything under it, "" the whole package. The parts split by concept are held to
 # the limits the rest is heading for.
-MAX_FUNCTION_LINES = {"": 80, "config": 60, "cli": 60, "reevaluation": 60}
-MAX_MODULE_LINES = {"config": 450, "cli": 450, "reevaluation": 450}
+MAX_FUNCTION_LINES = {
+    "": 80, "config": 60, "cli": 60, "reevaluation": 60, "selection": 60, "stage2": 60, "decouple": 60
+}
+MAX_MODULE_LINES = {"config": 450, "cli": 450, "reevaluation": 450, "selection": 450, "stage2": 450, "decouple": 450}
 
 
 def modules_of(part: str) -> dict[str, Path]:

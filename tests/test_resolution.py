@@ -116,7 +116,8 @@ def test_stage2_feature_size_is_chosen_on_validation_and_test_images_cannot_move
 ):
     """``--feature-size auto`` fits each head at the stage-1 test size and 16 px either side and
     keeps the size of its best validation accuracy; scrambling the test set leaves every choice."""
-    from longtail.decouple import decouple_many, feature_sizes
+    from longtail.decouple import decouple_many
+    from longtail.stage2 import feature_sizes
 
     run_dir, cache = finished_run
     stage1_size = runs.read_json(run_dir / runs.RUN_FILE)["test_image_size"]

@@ -14,7 +14,7 @@ from longtail.artifacts import load_trained_model
 from longtail.config import TrainConfig
 from longtail.data.dataset import Dataset
 from longtail.features import apply_head, extract_features, features_and_logits, store_evaluation_features
-from longtail.metrics import classification_metrics
+from longtail.metrics import classification_metrics, top1_accuracy
 from longtail.models import head_of
 from longtail.priors import DEFAULT_TEST_PRIORS, Prior, check_classes, with_test_priors
 from longtail.resolution import choose_size, resolve_test_size
@@ -71,7 +71,7 @@ def choose_test_size(
         return known[size]
 
     def accuracy(size: int) -> float:
-        return float((apply_head(head_of(model), features_at(size)).argmax(1).numpy() == val_true).mean())
+        return top1_accuracy(apply_head(head_of(model), features_at(size)), val_true)
 
     size, scores = choose_size(accuracy, sizes) if choose else (sizes[0], {sizes[0]: accuracy(sizes[0])})
     return size, scores, features_at(size)

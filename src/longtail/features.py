@@ -2,7 +2,7 @@
 
 Every pass of the frozen network over a uint8 image array goes through ``batched_inference``:
 stage-1 validation and test logits (``longtail.train``), the pooled 1280-d features that stage 2
-trains its heads on (``longtail.decouple``) and predictions on new images (``longtail.predict``).
+trains its heads on (``longtail.stage2``) and predictions on new images (``longtail.predict``).
 Pooled features and classifier heads are computed in float32 even where the backbone runs under
 bf16 autocast (``models.pooled_features``, ``apply_head``), so CPU and GPU mean the same thing.
 

@@ -7,7 +7,7 @@ registry at the bottom (``LOSSES``, ``build_loss``) builds them by the names of
 the two agree); the command line (``--loss``, ``--strategy``), the recorded ``run.json`` files and
 the Python API all use these names.
 
-Heads trained side by side (``longtail.decouple.HeadGrid``): logit-adjusted CE, focal,
+Heads trained side by side (``longtail.stage2.HeadGrid``): logit-adjusted CE, focal,
 class-balanced CE and class-balanced focal also take (B, K, C) logits of K heads with one value
 of their knob per head (a sequence of K), and return ``sum_k L_k``, each ``L_k`` head k's batch
 mean: head k's gradient is its own loss's.

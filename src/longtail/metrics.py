@@ -48,6 +48,12 @@ MANY_SHOT_ABOVE, FEW_SHOT_BELOW = 100, 20
 PER_CLASS_LIMIT = 100
 
 
+def top1_accuracy(logits, labels: np.ndarray) -> float:
+    """The fraction of rows of ``logits`` (a CPU tensor or an array, one row per sample) whose largest
+    logit is at the sample's label: the validation accuracy every choice on validation compares."""
+    return float((np.asarray(logits.argmax(1)) == labels).mean())
+
+
 def row_normalize(counts: np.ndarray) -> np.ndarray:
     """Divide each row of a confusion matrix by its total (rows with no samples stay 0)."""
     counts = np.asarray(counts)

@@ -18,9 +18,9 @@ of the run's headline metrics.
 
 ``--target-prior NAME`` (``target_prior``) serves the classifier under the class prior the images
 will come from: its unadjusted logits shifted by ``tau (log pi_target - log pi_own)``, ``pi_own``
-the prior it is calibrated to (``strategies.calibration`` for a stage-1 run,
-``decouple.head_calibration`` for a head) and tau chosen on the run's validation split re-weighted
-to the target, as ``longtail decouple --target-prior`` chooses it (``decouple.target_adjustment``;
+the prior it is calibrated to (``stage2.calibration``: ``stage1_calibration`` for a stage-1 run,
+``head_calibration`` for a head) and tau chosen on the run's validation split re-weighted
+to the target, as ``longtail decouple --target-prior`` chooses it (``stage2.calibration.target_adjustment``;
 the run's data is read for the validation labels). It replaces a head's recorded adjustment.
 
 Outputs (``write_predictions``), chosen by the file's extension:
@@ -52,14 +52,13 @@ from longtail import data as data_module
 from longtail.artifacts import load_head, read_finished_stage1, run_test_size, stage1_of, trained_model
 from longtail.config import DEFAULT_TOP_K, Stage2Config, TrainConfig, check_prediction_options, from_record
 from longtail.data import load_dataset, normalisation
-from longtail.decouple import adjusted_logits, head_calibration, target_adjustment
 from longtail.errors import LongtailError
 from longtail.features import extract_features, validation_features
 from longtail.models import head_of
 from longtail.priors import Prior, check_classes
 from longtail.runs import RUN_FILE, atomic_write_bytes, read_json
 from longtail.runtime import Runtime
-from longtail.strategies import calibration as stage1_calibration
+from longtail.stage2.calibration import adjusted_logits, head_calibration, stage1_calibration, target_adjustment
 
 CHUNK = 2048  # images decoded and classified at a time: memory stays that many images whatever the folder
 
@@ -77,7 +76,7 @@ class Predictions:
     head: str | None
     store_size: tuple[int, int]  # (height, width) the images were decoded to
     image_size: int  # the model's input size (the run's test size, or the head's)
-    target_prior: dict | None = None  # the adjustment toward a target prior applied (decouple.target_adjustment)
+    target_prior: dict | None = None  # the adjustment toward a target prior applied (target_adjustment)
 
     def top(self, k: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """``(classes, probabilities)``, each (N, k): the k most probable classes of each image,
@@ -150,7 +149,7 @@ def _serving_adjustment(
     size: int,
     runtime: Runtime,
 ) -> dict:
-    """The classifier's adjustment to ``target`` (``decouple.target_adjustment``), its tau chosen
+    """The classifier's adjustment to ``target`` (``target_adjustment``), its tau chosen
     on the run's validation split at the classifier's input size."""
     dataset = load_dataset(config, record["weights"]["pretrained"])
     if len(dataset.split.val) == 0:

@@ -29,7 +29,7 @@ validation split re-weighted to the target prior; ``tau = 0`` (no shift) is in t
 every tie, so a shift is taken only where it helps there. ``pi_own`` is a ``Calibration``: the
 prior a (weighted, logit-adjusted) cross-entropy calibrates a classifier to
 (``cross_entropy_calibration``, ``logit_adjusted``); each head type's reading is in
-``longtail.strategies`` (stage 1) and ``longtail.decouple`` (stage 2).
+``longtail.stage2.calibration`` (a stage-1 classifier and a stage-2 head).
 
 Torch-free (numpy), so the command line checks every prior before it imports torch.
 """
@@ -46,6 +46,7 @@ import numpy as np
 
 from longtail.errors import LongtailError
 from longtail.metrics import confusion_cells
+from longtail.selection import best_on_validation
 
 UNIFORM, TRAIN = "uniform", "train"
 FAMILIES = ("forward", "backward")  # forward-N, backward-N
@@ -337,7 +338,7 @@ def choose_adjustment(val_logits: np.ndarray, val_labels: np.ndarray, target: np
         tau: accuracy_under_prior(val_labels, (val_logits + tau * direction).argmax(1), target)
         for tau in TARGET_TAU_GRID
     }
-    tau = max(TARGET_TAU_GRID, key=lambda t: (scores[t], -t))
+    tau = best_on_validation(scores, tie_key=lambda t: t)
     return {
         "prior": np.asarray(target, dtype=float).tolist(),
         "tau": tau,

@@ -15,6 +15,7 @@ import math
 from collections.abc import Callable, Sequence
 
 from longtail.config import MAX_IMAGE_SIZE
+from longtail.selection import best_on_validation
 
 GRID_MAX_FACTOR = 1.75
 GRID_STEP = 16  # px; EfficientNet-B0 pools globally, so any size works, and 16-px steps keep the grid short
@@ -29,8 +30,7 @@ def size_grid(train_size: int) -> list[int]:
 def choose_size(val_accuracy: Callable[[int], float], sizes: Sequence[int]) -> tuple[int, dict[int, float]]:
     """``(best size, {size: validation accuracy})`` over ``sizes``; a tie goes to the smaller size."""
     scores = {size: float(val_accuracy(size)) for size in sorted(sizes)}
-    best = max(scores, key=lambda size: (scores[size], -size))
-    return best, scores
+    return best_on_validation(scores, tie_key=lambda size: size), scores
 
 
 def resolve_test_size(test_size: int | str, train_size: int) -> tuple[list[int], bool]:

@@ -1,6 +1,7 @@
 """What a stage-1 strategy means: the loss it trains with, the order its epochs draw the images in,
-whether its classifier is a cosine one (LDAM's), when deferred re-weighting starts (LDAM-DRW), and
-the class prior its classifier is calibrated to (``calibration``).
+whether its classifier is a cosine one (LDAM's) and when deferred re-weighting starts (LDAM-DRW);
+the class prior its classifier is calibrated to is read in ``longtail.stage2.calibration``
+(``stage1_calibration``), beside the stage-2 heads' readings.
 The names live in the torch-free ``longtail.choices`` (``STRATEGIES``); this module gives them their
 meaning, one entry per name (tested).
 """
@@ -11,7 +12,6 @@ from dataclasses import dataclass
 
 from longtail.config import TrainConfig
 from longtail.losses import build_loss, class_balanced_weights, loss_spec
-from longtail.priors import Calibration, cross_entropy_calibration
 
 
 @dataclass(frozen=True)
@@ -61,18 +61,3 @@ def epoch_loss(config: TrainConfig, counts: list[int], epoch: int):
         return build_loss(strategy.loss, counts, weights=class_balanced_weights(counts, class_balanced_beta(config)))
     return build_loss(strategy.loss, counts)
 
-
-def calibration(config: TrainConfig, counts: list[int]) -> Calibration:
-    """The class prior a stage-1 run's classifier is calibrated to (``longtail.priors``): the
-    baseline's cross-entropy on instance-sampled data, the training prior; Reweight's class-balanced
-    sampler, uniform; LDAM-DRW, the training prior times the class-balanced weights its last epochs
-    minimise with (LDAM's margins read as no prior shift), close to uniform at CIFAR-10-LT's counts."""
-    strategy = strategy_of(config)
-    beta = class_balanced_beta(config)
-    weights = class_balanced_weights(counts, beta).numpy() if strategy.deferred_reweighting else None
-    return cross_entropy_calibration(
-        counts,
-        balanced_draw=strategy.sampler == "class-balanced",
-        class_weights=weights,
-        weighting=f"the deferred class-balanced re-weighting, beta = {beta:g}",
-    )

@@ -44,13 +44,14 @@ from longtail.config import (
     validation_choices,
 )
 from longtail.data import load_source
-from longtail.decouple import decouple_many, tuning_grid
+from longtail.decouple import decouple_many
 from longtail.errors import LongtailError
 from longtail.metrics import aggregate_seeds
 from longtail.models import build_model
 from longtail.priors import DEFAULT_TEST_PRIORS, Prior, check_classes, with_test_priors
 from longtail.report import render_study
 from longtail.runs import RUN_FILE, RunLock, atomic_write_json, read_json, run_status
+from longtail.stage2.tuning import tuning_grid
 from longtail.train import train
 
 STUDY_LOSSES = ("modified-ce", "balanced-softmax", "focal", "class-balanced", "cb-focal")

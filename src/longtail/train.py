@@ -29,6 +29,7 @@ from longtail.data import Dataset, batches, load_dataset, load_source, random_cr
 from longtail.errors import LongtailError
 from longtail.evaluation import evaluate_run
 from longtail.features import features_and_logits
+from longtail.metrics import top1_accuracy
 from longtail.models import (
     build_model,
     freeze_blocks,
@@ -269,7 +270,7 @@ def _validate(state: TrainingState, dataset: Dataset, image_size: int, runtime: 
     features, logits = features_and_logits(
         _evaluated_model(state), dataset.images("val"), image_size, dataset.mean, dataset.std, runtime
     )
-    return float((logits.argmax(1).numpy() == dataset.val_labels).mean()), (image_size, features)
+    return top1_accuracy(logits, dataset.val_labels), (image_size, features)
 
 
 def _log_epoch(writer, record: dict) -> None:
