@@ -686,8 +686,11 @@ def _command_evaluate(args) -> None:
         from longtail.decouple import evaluate_decoupled as evaluate
     else:
         from longtail.evaluation import evaluate_run as evaluate
+    from longtail.report import write_run_figures
+
     with RunLock(args.run):
         metrics = evaluate(args.run, cache_dir=args.cache_dir, **_given(args, ("test_priors",)))
+        write_run_figures(metrics, args.run)
     _print_summary(metrics, args.run)
 
 
