@@ -179,7 +179,7 @@ def naive_stage2(
             extract_features(model, torch.from_numpy(dataset.test_images), size, dataset.mean, dataset.std, runtime)
         )
     out.mkdir(parents=True)
-    return writing(out, dataset.test_labels, logits, dataset, figures=False, grouping=stage1_config.groups)
+    return writing(out, dataset.test_labels, logits, dataset, grouping=stage1_config.groups)
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -17,6 +17,7 @@ import pytest
 
 from longtail import report
 from longtail.metrics import PER_CLASS_LIMIT, aggregate_seeds, classification_metrics, confusion_cells
+from longtail.report import figures as report_figures
 
 CLASSES = 1000
 PER_CLASS_TEST = 3  # test images per class
@@ -88,8 +89,8 @@ def test_group_confusion_says_where_each_groups_images_go():
 
 def _drawn_figures(monkeypatch) -> list:
     figures = []
-    save = report._save
-    monkeypatch.setattr(report, "_save", lambda fig, path: (figures.append(fig), save(fig, path))[1])
+    save = report_figures._save
+    monkeypatch.setattr(report_figures, "_save", lambda fig, path: (figures.append(fig), save(fig, path))[1])
     return figures
 
 

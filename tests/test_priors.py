@@ -267,7 +267,7 @@ def test_a_modified_ce_head_adjusted_to_the_train_prior_scores_at_least_as_well_
     # The same head before adjustment: the unadjusted metrics under the uniform prior are the plain run's.
     assert plain["under_prior"]["uniform"]["accuracy"] == pytest.approx(plain["accuracy"])
     # evaluate applies the recorded shift as decouple did.
-    again = evaluate_decoupled(root / "mce-train", cache_dir=cache, figures=False)
+    again = evaluate_decoupled(root / "mce-train", cache_dir=cache)
     assert again["accuracy"] == served["accuracy"] and again["under_prior"] == served["under_prior"]
     # predict --head of the adjusted head = predict --head of the plain one with --target-prior train.
     images = []

@@ -20,6 +20,9 @@ from matplotlib.image import imread
 from longtail import report
 from longtail.metrics import aggregate_seeds, classification_metrics
 from longtail.priors import DEFAULT_TEST_PRIORS, with_test_priors
+from longtail.report import figures as report_figures
+from longtail.report import html as report_html
+from longtail.report import tables as report_tables
 
 CLASS_NAMES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 # CIFAR-10-LT, imbalance factor 100.
@@ -137,13 +140,13 @@ def test_run_figures_are_pngs(tmp_path):
 def _drawn_figures(monkeypatch) -> list:
     """The matplotlib figures the report saves from now on, in order."""
     figures = []
-    save = report._save
+    save = report_figures._save
 
     def keep(fig, path):
         figures.append(fig)
         return save(fig, path)
 
-    monkeypatch.setattr(report, "_save", keep)
+    monkeypatch.setattr(report_figures, "_save", keep)
     return figures
 
 
@@ -299,7 +302,9 @@ def test_flip_tta_rows_stand_apart_from_the_study_rows(tmp_path):
     report.write_results_markdown(results, tmp_path / "results.md")
     markdown = (tmp_path / "results.md").read_text(encoding="utf-8")
     plain, tta = markdown.split("## With flip test-time augmentation")
-    assert _md_row(plain, "baseline")[2].startswith(report._pct(results["strategies"]["baseline"]["mean"]["accuracy"]))
+    assert _md_row(plain, "baseline")[2].startswith(
+        report_tables._pct(results["strategies"]["baseline"]["mean"]["accuracy"])
+    )
     assert _md_row(tta, "baseline")[2].startswith("50.00")
 
 
@@ -400,7 +405,7 @@ def test_the_report_shows_fixed_and_tuned_on_validation_side_by_side(tmp_path):
     ]
     row = by_name["decoupled-focal"]
     assert row[1] == "γ = 1"
-    assert row[2] == report._mean_std(strategies["decoupled-focal"], "accuracy")
+    assert row[2] == report_tables._mean_std(strategies["decoupled-focal"], "accuracy")
     assert row[4] == "+1.50" and row[5] == "+1.00 / +2.00"
     assert row[6] == "γ = 2 / γ = 0.5" and row[7] == "γ ∈ {0, 0.5, 1, 2} (4 heads)"
     assert by_name["decoupled-modified-ce"][1] == "τ tuned on validation (this row)"
@@ -460,8 +465,8 @@ def test_columns_equal_on_a_balanced_test_set_appear_once_and_all_appear_on_an_i
     assert "The test set is imbalanced (5 to 200 images per class)" in markdown
     entry = imbalanced["strategies"]["baseline"]
     cells = dict(zip(header, baseline_row, strict=True))
-    assert cells["Balanced accuracy"] == report._mean_std(entry, "balanced_accuracy")
-    assert cells["Macro F1"] == report._mean_std(entry, "macro_f1")
+    assert cells["Balanced accuracy"] == report_tables._mean_std(entry, "balanced_accuracy")
+    assert cells["Macro F1"] == report_tables._mean_std(entry, "macro_f1")
     assert cells["Balanced accuracy"] != cells["Top-1 (mean ± std)"].split(" (n=")[0]
     assert cells["Macro F1"] != cells["Weighted F1"]
     report.write_report_html(imbalanced, tmp_path, environment=ENVIRONMENT)
@@ -515,7 +520,7 @@ def test_the_report_shows_top1_under_each_test_prior_and_says_which_strategy_win
     assert best["uniform"] == best["backward-50"] == "decoupled-modified-ce"
     verdict = report.prior_verdict(strategies)
     assert verdict.startswith("The best strategy depends on the prior it is deployed to (mean top-1 over 2 seeds)")
-    baseline_train = report._pct(strategies["baseline"]["under_prior"]["train"]["accuracy"])
+    baseline_train = report_tables._pct(strategies["baseline"]["under_prior"]["train"]["accuracy"])
     assert f"under the training prior, baseline ({baseline_train}%)" in verdict
     assert "decoupled-modified-ce (" in verdict and "to backward-50" in verdict
     # The table: top-1 beside top-1 under train, uniform and backward-10, mean ± sample std.
@@ -526,9 +531,9 @@ def test_the_report_shows_top1_under_each_test_prior_and_says_which_strategy_win
                               "Under backward-10 (mean ± std)"]  # fmt: skip
     rows = {row[0]: row for row in section[1:]}
     entry = strategies["reweight"]["under_prior"]["backward-10"]
-    assert rows["reweight"][4] == f"{report._pct(entry['accuracy'])} ± {report._pct(entry['std'])}"
+    assert rows["reweight"][4] == f"{report_tables._pct(entry['accuracy'])} ± {report_tables._pct(entry['std'])}"
     assert entry["std"] == pytest.approx(np.std(entry["accuracy_by_seed"], ddof=1))
-    assert rows["baseline"][1] == report._mean_std(strategies["baseline"], "accuracy")
+    assert rows["baseline"][1] == report_tables._mean_std(strategies["baseline"], "accuracy")
     assert verdict in markdown and "figures/prior_accuracy.png" in markdown
     page = (tmp_path / "report.html").read_text(encoding="utf-8")
     assert "<h2>Under the deployment prior</h2>" in page and html.escape(verdict) in page
@@ -565,7 +570,7 @@ def test_strategies_equal_under_a_prior_are_named_together():
     results = _deployment_results()
     strategies = {**results["strategies"], "baseline again": results["strategies"]["baseline"]}
     verdict = report.prior_verdict(strategies)
-    train = report._pct(strategies["baseline"]["under_prior"]["train"]["accuracy"])
+    train = report_tables._pct(strategies["baseline"]["under_prior"]["train"]["accuracy"])
     assert f"under the training prior, baseline and baseline again (tied, {train}%)" in verdict
     only = {"decoupled-modified-ce": results["strategies"]["decoupled-modified-ce"]}
     assert report.prior_verdict(only).startswith(
@@ -575,19 +580,20 @@ def test_strategies_equal_under_a_prior_are_named_together():
 
 def test_a_long_tuning_grid_is_shown_short_so_the_table_stays_narrow():
     grid = [{"gamma": g} for g in (0.0, 0.25, 0.5, 1.0, 2.0, 5.0)]
-    assert report._grid_text(grid) == "γ ∈ {0, 0.25, …, 5} (6 heads)"
+    assert report_tables._grid_text(grid) == "γ ∈ {0, 0.25, …, 5} (6 heads)"
     product = [{"beta": b, "gamma": g} for b in (0.99, 0.999) for g in (0.0, 1.0)]
-    assert report._grid_text(product) == "β ∈ {0.99, 0.999} × γ ∈ {0, 1} (4 heads)"
+    assert report_tables._grid_text(product) == "β ∈ {0.99, 0.999} × γ ∈ {0, 1} (4 heads)"
 
 
 def test_number_cells_never_wrap_and_text_cells_may():
     # A mean ± std broken over three lines (seen in the Chromium screenshot of the three-seed study,
     # where the last column was numeric) misreads; grids and choices may wrap.
-    table = report._html_table(
+    table = report_html._TEMPLATES.get_template("elements.html.j2").module.table(
         ("Strategy", "Top-1", "Few", "Grid"),
         [("decoupled-focal", "87.16 ± 0.20 (n=3)", "73.92 ± 0.83", "γ ∈ {0, 0.25, …, 5} (13 heads)")],
     )
     assert "<td>decoupled-focal</td><td>87.16 ± 0.20 (n=3)</td><td>73.92 ± 0.83</td>" in table
     assert '<td class="text">γ ∈ {0, 0.25, …, 5} (13 heads)</td>' in table
-    assert "td.text { white-space: normal; text-align: left; }" in report._CSS
-    assert "td:last-child { white-space" not in report._CSS
+    page, _, _ = report_html._TEMPLATES.loader.get_source(report_html._TEMPLATES, "report.html.j2")  # its CSS
+    assert "td.text { white-space: normal; text-align: left; }" in page
+    assert "td:last-child { white-space" not in page

@@ -102,7 +102,7 @@ def test_test_images_and_labels_cannot_move_the_choice(finished_run, monkeypatch
     again = runs.read_json(copy / runs.RUN_FILE)
     del again["test_image_size"], again["test_size_grid"]  # choose again, from scratch
     runs.atomic_write_json(copy / runs.RUN_FILE, again)
-    metrics = evaluate_run(copy, cache_dir=cache, figures=False)
+    metrics = evaluate_run(copy, cache_dir=cache)
     rechosen = runs.read_json(copy / runs.RUN_FILE)
     assert {k: rechosen[k] for k in choice} == choice
     assert metrics["accuracy"] != accuracy  # the test set did change

@@ -314,11 +314,10 @@ def decouple(
 def evaluate_decoupled(
     run_dir: Path,
     cache_dir: Path | None = None,
-    figures: bool = True,
     test_priors: Sequence[Prior] = DEFAULT_TEST_PRIORS,
 ) -> dict:
     """Test metrics of a stage-2 run (from the cached test features of its stage-1 run), with its
-    recorded adjustment to a target prior, if any, and under ``test_priors``."""
+    recorded adjustment to a target prior, if any, and under ``test_priors``; the caller draws its figures."""
     stage1_dir = stage1_of(run_dir)
     stage1_config, dataset, stage1_run = load_finished_stage1(stage1_dir, cache_dir)
     check_classes(test_priors, dataset.arrays.num_classes, "--test-priors")
@@ -328,7 +327,7 @@ def evaluate_decoupled(
     stage1 = (stage1_config, dataset, stage1_run)
     with RunLock(stage1_dir):
         features = _stage1_features(stage1_dir, stage1, 0, cache_dir, size)
-    return _evaluate_head(run_dir, head, features, stage1, record, figures, test_priors)
+    return _evaluate_head(run_dir, head, features, stage1, record, figures=False, test_priors=test_priors)
 
 
 def _evaluate_head(
@@ -343,7 +342,7 @@ def _evaluate_head(
     """Test metrics of ``head`` on the cached test features at its size (and with flip TTA when
     the features hold the mirrored test images), its logits adjusted to the target prior its
     run.json (``record``) names, if any, written into ``run_dir`` with the stage-1 run's
-    frequency grouping and under ``test_priors``."""
+    frequency grouping and under ``test_priors`` (with ``figures``, the run's figures too)."""
     stage1_config, dataset, _ = stage1
     size, grouping = record["test_image_size"], stage1_config.groups
     adjustment = record.get("target_prior")
@@ -354,14 +353,18 @@ def _evaluate_head(
     extra = {"test_image_size": size}
     if adjustment is not None:
         extra["target_prior"] = {"name": adjustment["name"], "tau": adjustment["tau"]}
-    return save_evaluation(
+    metrics = save_evaluation(
         run_dir,
         dataset.test_labels,
         logits,
         dataset,
-        figures,
         grouping=grouping,
         test_priors=test_priors,
         flip_logits=flip_logits,
         extra=extra,
     )
+    if figures:
+        from longtail.report import write_run_figures  # matplotlib only when figures are drawn
+
+        write_run_figures(metrics, run_dir)
+    return metrics

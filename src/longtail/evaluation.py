@@ -1,5 +1,6 @@
 """Evaluating a finished stage-1 run: the test size chosen on the validation split, the test
-logits (cached as features for stage 2), and ``metrics.json`` (with figures) from any head's logits.
+logits (cached as features for stage 2), and ``metrics.json`` from any head's logits (whoever
+evaluates draws the run's figures from the metrics returned: ``longtail.report.write_run_figures``).
 """
 
 from __future__ import annotations
@@ -27,18 +28,16 @@ def save_evaluation(
     y_true,
     logits: torch.Tensor,
     dataset: Dataset,
-    figures: bool = True,
     *,
     grouping: str,
     test_priors: Sequence[Prior] = DEFAULT_TEST_PRIORS,
     flip_logits: torch.Tensor | None = None,
     extra: dict | None = None,
 ) -> dict:
-    """Write ``metrics.json`` (and, with ``figures``, the run's figures) from its test logits,
-    with the stage-1 run's frequency ``grouping`` (its ``--groups``) and the metrics under each
-    of ``test_priors`` (``under_prior``, ``longtail.priors``); ``flip_logits`` (flip TTA) add their
-    own metrics under ``tta_flip``, beside the plain ones; ``extra`` adds keys (such as the test
-    image size)."""
+    """Write ``metrics.json`` from its test logits, with the stage-1 run's frequency ``grouping``
+    (its ``--groups``) and the metrics under each of ``test_priors`` (``under_prior``,
+    ``longtail.priors``); ``flip_logits`` (flip TTA) add their own metrics under ``tta_flip``,
+    beside the plain ones; ``extra`` adds keys (such as the test image size). Returns the metrics."""
     names, counts = dataset.arrays.class_names, dataset.split.train_counts
     metrics = classification_metrics(y_true, logits.argmax(1).numpy(), names, counts, grouping)
     metrics.update(extra or {})
@@ -46,10 +45,6 @@ def save_evaluation(
         metrics["tta_flip"] = classification_metrics(y_true, flip_logits.argmax(1).numpy(), names, counts, grouping)
     metrics = with_test_priors(metrics, test_priors)
     atomic_write_json(Path(run_dir) / "metrics.json", metrics)
-    if figures:
-        from longtail.report import write_run_figures
-
-        write_run_figures(metrics, run_dir)
     return metrics
 
 
@@ -83,11 +78,10 @@ def evaluate_run(
     runtime: Runtime | None = None,
     *,
     val_features: tuple[int, torch.Tensor] | None = None,
-    figures: bool = True,
     test_priors: Sequence[Prior] = DEFAULT_TEST_PRIORS,
 ) -> dict:
     """Evaluate a finished stage-1 run on its test split (the source's test set, or the one held out
-    of its training images) at its test size; writes metrics.json (and the figures, with ``figures``).
+    of its training images) at its test size; writes metrics.json and returns the metrics.
 
     The test size is the one run.json records, else the one ``--test-size`` gives (chosen on the
     validation split for ``auto``), then recorded. The logits are the classifier applied to the
@@ -118,7 +112,6 @@ def evaluate_run(
         dataset.test_labels,
         logits,
         dataset,
-        figures,
         grouping=config.groups,
         test_priors=test_priors,
         flip_logits=flip_logits,

@@ -365,13 +365,12 @@ def train(
             writer.close()
             _finish(out, state, time.perf_counter() - started)
             if evaluate:
-                evaluate_run(
-                    out,
-                    cache_dir=cache_dir,
-                    runtime=runtime,
-                    val_features=val_features,
-                    figures=figures,
-                    test_priors=test_priors,
+                metrics = evaluate_run(
+                    out, cache_dir=cache_dir, runtime=runtime, val_features=val_features, test_priors=test_priors
                 )
+                if figures:
+                    from longtail.report import write_run_figures  # matplotlib only when figures are drawn
+
+                    write_run_figures(metrics, out)
         runtime.barrier()
     return out
