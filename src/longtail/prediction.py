@@ -167,6 +167,42 @@ def _serving_adjustment(
     return target_adjustment(target, classifier, calibration, val, dataset)
 
 
+def _classify(
+    files: list[Path],
+    store_size: tuple[int, int],
+    model,
+    classifier,
+    adjustment: dict | None,
+    size: int,
+    mean_std: tuple,
+    runtime: Runtime,
+) -> tuple[list[str], np.ndarray, list[tuple[str, str]]]:
+    """``(paths, probabilities, failed)``: the files decoded at ``store_size`` and classified
+    ``CHUNK`` at a time, the readable ones' paths and class probabilities, and the others with why;
+    none readable is an error."""
+    (height, width), (mean, std) = store_size, mean_std
+    read, probabilities, failed = [], [], []
+    for start in range(0, len(files), CHUNK):
+        chunk = files[start : start + CHUNK]
+        label = f"images {start + 1}-{start + len(chunk)} of {len(files)}"
+        images, failures = data_module.decode_images(chunk, height, width, f"decoding {label}")
+        failed += [(str(chunk[position]), why) for position, why in failures]
+        readable = np.ones(len(chunk), bool)
+        readable[[position for position, _ in failures]] = False
+        if not readable.any():
+            continue
+        features = extract_features(
+            model, torch.from_numpy(images[readable]), size, mean, std, runtime, progress=f"classifying {label}"
+        )
+        probabilities.append(torch.softmax(adjusted_logits(classifier, features, adjustment), dim=1).numpy())
+        read += [str(path) for path, ok in zip(chunk, readable, strict=True) if ok]
+    if not read:
+        raise LongtailError(
+            f"none of the {len(files)} files is a readable image: {data_module.listed([path for path, _ in failed])}"
+        )
+    return read, np.concatenate(probabilities), failed
+
+
 def predict(
     run: str | Path,
     paths: Sequence[str | Path],
@@ -206,29 +242,13 @@ def predict(
         adjustment = _serving_adjustment(
             target_prior, run, config, record, head_record, classifier, model, size, runtime
         )
-    mean, std = normalisation(record["weights"]["pretrained"])
-    read, probabilities, failed = [], [], []
-    for start in range(0, len(files), CHUNK):
-        chunk = files[start : start + CHUNK]
-        label = f"images {start + 1}-{start + len(chunk)} of {len(files)}"
-        images, failures = data_module.decode_images(chunk, height, width, f"decoding {label}")
-        failed += [(str(chunk[position]), why) for position, why in failures]
-        readable = np.ones(len(chunk), bool)
-        readable[[position for position, _ in failures]] = False
-        if not readable.any():
-            continue
-        features = extract_features(
-            model, torch.from_numpy(images[readable]), size, mean, std, runtime, progress=f"classifying {label}"
-        )
-        probabilities.append(torch.softmax(adjusted_logits(classifier, features, adjustment), dim=1).numpy())
-        read += [str(path) for path, ok in zip(chunk, readable, strict=True) if ok]
-    if not read:
-        raise LongtailError(
-            f"none of the {len(files)} files is a readable image: {data_module.listed([path for path, _ in failed])}"
-        )
+    mean_std = normalisation(record["weights"]["pretrained"])
+    read, probabilities, failed = _classify(
+        files, (height, width), model, classifier, adjustment, size, mean_std, runtime
+    )
     return Predictions(
         paths=read,
-        probabilities=np.concatenate(probabilities),
+        probabilities=probabilities,
         class_names=tuple(class_names),
         failed=failed,
         top_k=top_k,

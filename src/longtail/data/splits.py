@@ -114,6 +114,42 @@ def _profile_counts(
     return long_tail_counts(n_max, len(per_class), imbalance, profile)
 
 
+def _check_validation_options(val_per_class: int, val_fraction: float | None, own_val: np.ndarray | None) -> None:
+    """A validation size of at least 0, and none held out of a source with its own validation split."""
+    if val_per_class < 0:
+        raise LongtailError(f"--val-per-class must be >= 0, got {val_per_class}")
+    if own_val is not None and (val_per_class or val_fraction is not None):
+        raise LongtailError(
+            "the source has its own validation split (--val-list): hold none out, pass --val-per-class 0 and no "
+            "--val-fraction"
+        )
+
+
+def _hold_out_test(
+    per_class: list[np.ndarray], test_fraction: float, names: list[str]
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Each class's test images (the first share of its fixed-seed order, ``_test_order``) and the
+    images left to draw the training and validation splits from; a class left with none is an error."""
+    test = [np.sort(_test_order(c, m)[: _share(test_fraction, len(m))]) for c, m in enumerate(per_class)]
+    small = [f"{names[c]} ({_images(len(m))})" for c, m in enumerate(per_class) if len(test[c]) >= len(m)]
+    if small:
+        raise _too_small(small, f"--test-fraction {test_fraction:g}")
+    return test, [np.setdiff1d(m, t) for m, t in zip(per_class, test, strict=True)]
+
+
+def _validation_sizes(
+    per_class: list[np.ndarray], val_per_class: int, val_fraction: float | None, names: list[str], after_test: bool
+) -> list[int]:
+    """Each class's validation size: ``val_per_class``, or its share ``val_fraction`` of the class;
+    a class the validation split would leave without training images is an error."""
+    n_val = [val_per_class if val_fraction is None else _share(val_fraction, len(m)) for m in per_class]
+    small = [f"{names[c]} ({_images(len(m))})" for c, m in enumerate(per_class) if n_val[c] and n_val[c] >= len(m)]
+    if small:
+        option = f"--val-per-class {val_per_class}" if val_fraction is None else f"--val-fraction {val_fraction:g}"
+        raise _too_small(small, option + (" after the test split" if after_test else ""))
+    return n_val
+
+
 def select_long_tail(
     labels: np.ndarray,
     num_classes: int,
@@ -151,29 +187,15 @@ def select_long_tail(
     that is not validation or test (no subsampling). A split that would leave a class without
     training images is an error naming the class (``class_names``, else its index).
     """
-    if val_per_class < 0:
-        raise LongtailError(f"--val-per-class must be >= 0, got {val_per_class}")
-    if own_val is not None and (val_per_class or val_fraction is not None):
-        raise LongtailError(
-            "the source has its own validation split (--val-list): hold none out, pass --val-per-class 0 and no "
-            "--val-fraction"
-        )
+    _check_validation_options(val_per_class, val_fraction, own_val)
     names = (
         [f"{c} '{name}'" for c, name in enumerate(class_names)] if class_names else list(map(str, range(num_classes)))
     )
     per_class = _members(np.asarray(labels), num_classes, own_val)
     test = None
     if test_fraction is not None:
-        test = [np.sort(_test_order(c, m)[: _share(test_fraction, len(m))]) for c, m in enumerate(per_class)]
-        small = [f"{names[c]} ({_images(len(m))})" for c, m in enumerate(per_class) if len(test[c]) >= len(m)]
-        if small:
-            raise _too_small(small, f"--test-fraction {test_fraction:g}")
-        per_class = [np.setdiff1d(m, t) for m, t in zip(per_class, test, strict=True)]
-    n_val = [val_per_class if val_fraction is None else _share(val_fraction, len(m)) for m in per_class]
-    small = [f"{names[c]} ({_images(len(m))})" for c, m in enumerate(per_class) if n_val[c] and n_val[c] >= len(m)]
-    if small:
-        option = f"--val-per-class {val_per_class}" if val_fraction is None else f"--val-fraction {val_fraction:g}"
-        raise _too_small(small, option + (" after the test split" if test is not None else ""))
+        test, per_class = _hold_out_test(per_class, test_fraction, names)
+    n_val = _validation_sizes(per_class, val_per_class, val_fraction, names, after_test=test is not None)
     profile_counts = _profile_counts(per_class, imbalance, profile, max_per_class)
     train, val = [], []
     for c, members in enumerate(per_class):
@@ -206,6 +228,56 @@ def _index_name(
     return f"lt-{arrays.fingerprint[:16]}-{shape}{head}-seed{seed}-{val}{test}.json"
 
 
+def _read_index(path: Path) -> Split:
+    """The split an index file holds, checked against its checksum and format version."""
+    try:
+        record = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise LongtailError(f"{path}: index file is corrupted ({error}); delete it and rerun to rebuild it") from error
+    if record.get("checksum") != _index_checksum(record) or record.get("version") != INDEX_FORMAT_VERSION:
+        raise LongtailError(
+            f"{path}: index file is corrupted or from another version (checksum mismatch); "
+            "delete it and rerun to rebuild it"
+        )
+    test = record.get("test")  # absent from files written before test splits were held out
+    return Split(
+        np.asarray(record["train"], np.int64),
+        np.asarray(record["val"], np.int64),
+        record["train_counts"],
+        record["profile_counts"],
+        path,
+        None if test is None else np.asarray(test, np.int64),
+    )
+
+
+def _index_record(
+    split: Split, fingerprint: str, imbalance, profile, seed, val_per_class, max_per_class, val_fraction, test_fraction
+) -> dict:
+    """What the index file of ``split`` holds (``long_tail_split``), its checksum included; the keys of
+    later versions only where they are set, so a split of the first version's settings is written as it was."""
+    record = {
+        "version": INDEX_FORMAT_VERSION,
+        "source_sha256": fingerprint,
+        "profile": profile,
+        "imbalance": imbalance,
+        "seed": seed,
+        "val_per_class": val_per_class,
+        "max_per_class": max_per_class,
+        "train_counts": split.train_counts,
+        "profile_counts": split.profile_counts,
+        "train": split.train.tolist(),
+        "val": split.val.tolist(),
+    }
+    if val_fraction is not None or test_fraction is not None:
+        record.update(
+            val_fraction=val_fraction,
+            test_fraction=test_fraction,
+            test=None if split.test is None else split.test.tolist(),
+        )
+    record["checksum"] = _index_checksum(record)
+    return record
+
+
 def long_tail_split(
     arrays: Arrays,
     imbalance: float | str,
@@ -230,26 +302,7 @@ def long_tail_split(
     settings = (imbalance, profile, seed, val_per_class, max_per_class, val_fraction, test_fraction)
     path = cache_dir / "indices" / _index_name(arrays, *settings)
     if path.exists():
-        try:
-            record = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as error:
-            raise LongtailError(
-                f"{path}: index file is corrupted ({error}); delete it and rerun to rebuild it"
-            ) from error
-        if record.get("checksum") != _index_checksum(record) or record.get("version") != INDEX_FORMAT_VERSION:
-            raise LongtailError(
-                f"{path}: index file is corrupted or from another version (checksum mismatch); "
-                "delete it and rerun to rebuild it"
-            )
-        test = record.get("test")  # absent from files written before test splits were held out
-        return Split(
-            np.asarray(record["train"], np.int64),
-            np.asarray(record["val"], np.int64),
-            record["train_counts"],
-            record["profile_counts"],
-            path,
-            None if test is None else np.asarray(test, np.int64),
-        )
+        return _read_index(path)
     split = select_long_tail(
         arrays.y_train,
         arrays.num_classes,
@@ -263,26 +316,7 @@ def long_tail_split(
         class_names=arrays.class_names,
         own_val=arrays.val_rows,
     )
-    record = {
-        "version": INDEX_FORMAT_VERSION,
-        "source_sha256": arrays.fingerprint,
-        "profile": profile,
-        "imbalance": imbalance,
-        "seed": seed,
-        "val_per_class": val_per_class,
-        "max_per_class": max_per_class,
-        "train_counts": split.train_counts,
-        "profile_counts": split.profile_counts,
-        "train": split.train.tolist(),
-        "val": split.val.tolist(),
-    }
-    if val_fraction is not None or test_fraction is not None:
-        record.update(
-            val_fraction=val_fraction,
-            test_fraction=test_fraction,
-            test=None if split.test is None else split.test.tolist(),
-        )
-    record["checksum"] = _index_checksum(record)
+    record = _index_record(split, arrays.fingerprint, *settings)
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(path, json.dumps(record).encode())
     return Split(split.train, split.val, split.train_counts, split.profile_counts, path, split.test)
