@@ -32,7 +32,7 @@ from PIL import Image
 from torchvision.io import ImageReadMode, decode_jpeg
 
 from longtail.data import decode_image
-from longtail.study import cpu_name
+from longtail.hardware import cpu_name
 
 
 def photos(folder: Path, count: int, width: int, height: int) -> list[Path]:

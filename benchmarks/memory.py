@@ -238,7 +238,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     args = parse_args(argv)
     if args.child:
         return child(args)
-    from longtail.study import cpu_name
+    from longtail.hardware import cpu_name
 
     temporary = args.work is None
     args.work = Path(tempfile.mkdtemp(prefix="longtail-memory-")) if temporary else args.work

@@ -24,13 +24,14 @@ import torch
 from longtail.artifacts import load_trained_classifier, load_trained_model, run_test_size
 from longtail.config import Stage2Config
 from longtail.features import Features, apply_head, extract_features
+from longtail.hardware import cpu_name
 from longtail.metrics import top1_accuracy
 from longtail.models import head_of
 from longtail.resolution import size_grid
 from longtail.runtime import Runtime
 from longtail.stage2 import fit_stage2_heads
 from longtail.strategies import class_balanced_beta
-from longtail.study import STUDY_LOSSES, cpu_name
+from longtail.study import STUDY_LOSSES
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

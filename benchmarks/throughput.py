@@ -51,9 +51,9 @@ from longtail.checkpoint import TrainingState
 from longtail.config import TrainConfig
 from longtail.data import load_dataset
 from longtail.features import features_and_logits
+from longtail.hardware import cpu_name
 from longtail.models import build_model, resolve_bn_mode, set_train_mode
 from longtail.runtime import Runtime
-from longtail.study import cpu_name
 from longtail.train import train_one_epoch
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
