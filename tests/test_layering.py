@@ -1,6 +1,7 @@
 """The layering README.md promises: every module of src/longtail is listed in its "Layout" section,
 lowest first, and imports only modules listed above it. Imports are read with ``ast`` (those under
-``TYPE_CHECKING`` and inside functions included), so a lazy import cannot hide an upward one."""
+``TYPE_CHECKING`` and inside functions included), so a lazy import cannot hide an upward one. And
+the length limits every module and every function of src/longtail are held to."""
 
 from __future__ import annotations
 
@@ -117,43 +118,27 @@ def test_evaluation_imports_nothing_from_the_report():
 
 # Functions that are argparse tables (one add_argument call per option), the one exception to the length rule.
 ARGPARSE_TABLES = {"cli.parser": {"build_parser"}, "cli.options": {"add_data_options", "add_train_options"}}
-# The longest function (in lines, the argparse tables aside) and module of each part of the package: a part is
-# a module or package and everything under it, "" the whole package. The parts split by concept are held to
-# the limits the rest is heading for.
-SPLIT = ("config", "cli", "reevaluation", "selection", "stage2", "decouple", "report")
-MAX_FUNCTION_LINES = {"": 80, **{part: 60 for part in SPLIT}}
-MAX_MODULE_LINES = {part: 450 for part in SPLIT}
+# Every function of src/longtail (the argparse tables aside) and every module, at most this many lines.
+MAX_FUNCTION_LINES = 60
+MAX_MODULE_LINES = 450
 
 
-def modules_of(part: str) -> dict[str, Path]:
-    """The modules of ``part`` (``config``: the package and its submodules; ``""``: every module)."""
-    return {name: path for name, path in modules().items() if not part or in_package(name, part)}
-
-
-def _limits(limits: dict[str, int]) -> list:
-    return [pytest.param(part, limit, id=part or "longtail") for part, limit in limits.items()]
-
-
-@pytest.mark.parametrize(("part", "limit"), _limits(MAX_FUNCTION_LINES))
-def test_no_function_is_longer_than_its_limit_but_the_argparse_tables(part, limit):
-    assert modules_of(part), f"no module {part}"
+def test_no_function_is_longer_than_the_limit_but_the_argparse_tables():
     long = [
         f"{name}.{node.name} ({node.end_lineno - node.lineno + 1} lines)"
-        for name, path in modules_of(part).items()
+        for name, path in modules().items()
         for node in ast.walk(ast.parse(path.read_text(), str(path)))
         if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
-        and node.end_lineno - node.lineno + 1 > limit
+        and node.end_lineno - node.lineno + 1 > MAX_FUNCTION_LINES
         and node.name not in ARGPARSE_TABLES.get(name, ())
     ]
     assert not long, long
 
 
-@pytest.mark.parametrize(("part", "limit"), _limits(MAX_MODULE_LINES))
-def test_no_module_is_longer_than_its_limit(part, limit):
-    assert modules_of(part), f"no module {part}"
+def test_no_module_is_longer_than_the_limit():
     long = [
         f"{name} ({lines} lines)"
-        for name, path in modules_of(part).items()
-        if (lines := len(path.read_text().splitlines())) > limit
+        for name, path in modules().items()
+        if (lines := len(path.read_text().splitlines())) > MAX_MODULE_LINES
     ]
     assert not long, long
