@@ -286,7 +286,7 @@ def test_the_parser_and_its_errors_need_no_torch():
 
 
 def test_the_registries_are_the_name_sets():
-    from longtail import losses, metrics, models, samplers, strategies, study, train
+    from longtail import knobs, losses, metrics, models, samplers, strategies, study, train
     from longtail.data import splits
 
     # Losses: the registry has exactly the names; stage 2 adds modified-ce (an alias) and crt.
@@ -294,6 +294,9 @@ def test_the_registries_are_the_name_sets():
     assert set(STAGE2_LOSSES) - set(LOSS_NAMES) == {"modified-ce", "crt"}
     assert losses.loss_spec("modified-ce") is losses.LOSSES[losses.MODIFIED_CE]
     assert set(study.STUDY_LOSSES) <= set(STAGE2_LOSSES)
+    # Knobs: of stage-2 losses and methods, each knob with a fixed value.
+    assert set(knobs.LOSS_KNOBS) <= set(STAGE2_LOSSES) and set(knobs.TAU_METHODS) <= set(STAGE2_METHODS)
+    assert {knob for names in knobs.LOSS_KNOBS.values() for knob in names} == set(knobs.KNOBS) == set(knobs.FIXED)
     # Samplers: one tuple, and an epoch order for each name.
     assert samplers.SAMPLERS is SAMPLERS and tuple(samplers.ORDERS) == SAMPLERS
     labels = [0, 0, 0, 1]

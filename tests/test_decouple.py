@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from longtail import data as data_module
-from longtail import stage2
+from longtail import knobs, stage2
 from longtail.config import Stage2Config
 from longtail.data import Arrays, Dataset, Split
 from longtail.errors import LongtailError
@@ -206,7 +206,7 @@ def test_post_hoc_tau_is_tuned_on_validation_accuracy_not_on_the_test_set():
     head, chosen = _fit(Stage2Config(method="post-hoc-la"), stage1, features, dataset)
     assert chosen["tau"] == 2.0
     scores = chosen["val_accuracy_by_tau"]
-    assert set(scores) == set(stage2.TAU_GRID_POST_HOC)
+    assert set(scores) == set(knobs.TAU_GRID_POST_HOC)
     assert scores[2.0] == 1.0
     assert all(score < 1.0 for tau, score in scores.items() if tau != 2.0)
     # The head returned is the one for the chosen tau.
@@ -234,7 +234,7 @@ def test_modified_ce_tunes_tau_over_the_trained_grid_and_records_it():
     head, chosen = _fit(config, stage1, features, dataset)
     assert chosen["loss"] == "logit-adjusted"
     scores = chosen["val_accuracy_by_tau"]
-    assert list(scores) == list(stage2.TAU_GRID_TRAINED)
+    assert list(scores) == list(knobs.TAU_GRID_TRAINED)
     val_labels = dataset.val_labels
     best = max(scores, key=lambda tau: (scores[tau], -abs(tau - 1.0)))
     assert chosen["tau"] == best
@@ -251,7 +251,7 @@ def test_modified_ce_tunes_tau_over_the_trained_grid_and_records_it():
     torch.testing.assert_close(head.weight, fixed.weight, atol=1e-6, rtol=0)
     torch.testing.assert_close(head.bias, fixed.bias, atol=1e-6, rtol=0)
     # The heads differ between taus: tuning chose among genuinely different candidates.
-    other_tau = next(tau for tau in stage2.TAU_GRID_TRAINED if tau != best)
+    other_tau = next(tau for tau in knobs.TAU_GRID_TRAINED if tau != best)
     other, _ = _fit(
         Stage2Config(method="retrain", loss="modified-ce", epochs=3, batch_size=32, tau=other_tau),
         stage1,
@@ -321,7 +321,7 @@ TUNED = [
 
 def test_tuning_grids_are_as_large_as_the_tau_grid_and_hold_the_fixed_settings():
     sizes = {len(stage2.tuning_grid(config)) for config in TUNED}
-    assert sizes == {len(stage2.TAU_GRID_TRAINED), 16}  # 13 values per knob; CB-focal's two knobs: 4 x 4
+    assert sizes == {len(knobs.TAU_GRID_TRAINED), 16}  # 13 values per knob; CB-focal's two knobs: 4 x 4
     focal, balanced, both, beta_only = (stage2.tuning_grid(config) for config in TUNED)
     assert {"gamma": 1.0} in focal and {"beta": 0.9999} in balanced and {"beta": 0.9999, "gamma": 1.0} in both
     assert set(beta_only[0]) == {"beta"}
@@ -455,7 +455,7 @@ def test_ties_go_to_the_setting_closest_to_the_fixed_one(config, expected):
             dataset.arrays.y_train[dataset.split.val],
             {"tau": 1.0, "gamma": 1.0, "beta": 0.9993},
         )
-        assert points[best]["beta"] == (0.9995 if len(points) == len(stage2.BETA_GRID) else 0.999)
+        assert points[best]["beta"] == (0.9995 if len(points) == len(knobs.BETA_GRID) else 0.999)
 
 
 def test_tuning_gamma_or_beta_without_a_validation_split_is_a_clear_error():

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from longtail.errors import LongtailError
+from longtail.knobs import FIXED
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 LDAM_SCALE = 30.0  # s of LDAM's cosine logits (Cao et al.): the scale its softmax is trained and read at
@@ -45,7 +46,7 @@ def _counts_tensor(class_counts: Sequence[int] | Tensor, like: Tensor | None = N
     return counts
 
 
-def class_balanced_weights(class_counts: Sequence[int] | Tensor, beta: float = 0.9999) -> Tensor:
+def class_balanced_weights(class_counts: Sequence[int] | Tensor, beta: float = FIXED["beta"]) -> Tensor:
     """Class-Balanced weights (Cui et al., CVPR 2019, "Class-Balanced Loss Based on Effective
     Number of Samples"): ``w_c = (1 - beta) / (1 - beta ** n_c)``, normalised so ``sum_c w_c = C``.
 
@@ -109,7 +110,7 @@ def cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
 
 
 def logit_adjusted_cross_entropy(
-    logits: Tensor, targets: Tensor, class_counts, tau: float | Sequence[float] = 1.0
+    logits: Tensor, targets: Tensor, class_counts, tau: float | Sequence[float] = FIXED["tau"]
 ) -> Tensor:
     """Logit-adjusted cross-entropy (Menon et al., ICLR 2021, "Long-tail learning via logit
     adjustment"): ``L = -log softmax(z + tau * log pi)_y``.
@@ -140,7 +141,7 @@ def balanced_softmax(logits: Tensor, targets: Tensor, class_counts) -> Tensor:
     return F.cross_entropy(logits + log_counts, targets)
 
 
-def focal(logits: Tensor, targets: Tensor, gamma: float = 1.0, weights: Tensor | None = None) -> Tensor:
+def focal(logits: Tensor, targets: Tensor, gamma: float = FIXED["gamma"], weights: Tensor | None = None) -> Tensor:
     """Focal loss, softmax form (Lin et al., ICCV 2017, "Focal Loss for Dense Object
     Detection"): ``L = -(1 - p_y) ** gamma * log p_y`` with ``p = softmax(z)``.
 
@@ -167,7 +168,7 @@ def _class_balanced_grid(class_counts, beta, logits: Tensor) -> Tensor:
 
 
 def class_balanced_cross_entropy(
-    logits: Tensor, targets: Tensor, class_counts, beta: float | Sequence[float] = 0.9999
+    logits: Tensor, targets: Tensor, class_counts, beta: float | Sequence[float] = FIXED["beta"]
 ) -> Tensor:
     """Class-Balanced cross-entropy (Cui et al., CVPR 2019):
     ``L = w_y * CE(z, y)`` with ``w_c = (1 - beta) / (1 - beta ** n_c)`` normalised to sum to C.
@@ -187,8 +188,8 @@ def class_balanced_focal(
     logits: Tensor,
     targets: Tensor,
     class_counts,
-    beta: float | Sequence[float] = 0.9999,
-    gamma: float | Sequence[float] = 1.0,
+    beta: float | Sequence[float] = FIXED["beta"],
+    gamma: float | Sequence[float] = FIXED["gamma"],
 ) -> Tensor:
     """Class-Balanced focal loss (Cui et al., CVPR 2019, with Lin et al.'s focal term, softmax
     form): ``L = -w_y (1 - p_y) ** gamma log p_y`` with the class-balanced ``w``.
@@ -257,19 +258,21 @@ LOSSES: dict[str, LossSpec] = {
         "Balanced Softmax (Ren et al. 2020)",
     ),
     "focal": LossSpec(
-        lambda counts, gamma=1.0, **_: lambda z, y: focal(z, y, gamma=gamma),
+        lambda counts, gamma=FIXED["gamma"], **_: lambda z, y: focal(z, y, gamma=gamma),
         "focal loss (Lin et al. 2017)",
     ),
     "class-balanced": LossSpec(
-        lambda counts, beta=0.9999, **_: lambda z, y: class_balanced_cross_entropy(z, y, counts, beta),
+        lambda counts, beta=FIXED["beta"], **_: lambda z, y: class_balanced_cross_entropy(z, y, counts, beta),
         "class-balanced CE (Cui et al. 2019)",
     ),
     "cb-focal": LossSpec(
-        lambda counts, beta=0.9999, gamma=1.0, **_: lambda z, y: class_balanced_focal(z, y, counts, beta, gamma),
+        lambda counts, beta=FIXED["beta"], gamma=FIXED["gamma"], **_: (
+            lambda z, y: class_balanced_focal(z, y, counts, beta, gamma)
+        ),
         "class-balanced focal (Cui et al. 2019)",
     ),
     "logit-adjusted": LossSpec(
-        lambda counts, tau=1.0, **_: lambda z, y: logit_adjusted_cross_entropy(z, y, counts, tau),
+        lambda counts, tau=FIXED["tau"], **_: lambda z, y: logit_adjusted_cross_entropy(z, y, counts, tau),
         "logit-adjusted CE (Menon et al. 2021)",
     ),
     "inverse-frequency-ce": LossSpec(
@@ -299,7 +302,8 @@ def build_loss(name: str, class_counts: Sequence[int], **hyperparameters) -> Los
     """Build the loss called ``name`` for training counts ``class_counts``.
 
     Hyperparameters by keyword: ``gamma`` (focal), ``beta`` (class-balanced), ``tau``
-    (logit-adjusted), ``ldam_scale``, ``ldam_max_margin``, ``weights`` (LDAM-DRW). ``tau``,
+    (logit-adjusted), ``ldam_scale``, ``ldam_max_margin``, ``weights`` (LDAM-DRW); a knob not
+    given takes its fixed value (``longtail.knobs.FIXED``). ``tau``,
     ``gamma`` and ``beta`` may be sequences, one value per head of (B, K, C) logits (see the
     module's docstring).
     """

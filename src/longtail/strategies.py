@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from longtail.config import TrainConfig
+from longtail.knobs import FIXED
 from longtail.losses import build_loss, class_balanced_weights, loss_spec
 
 
@@ -43,8 +44,8 @@ def uses_cosine_head(config: TrainConfig) -> bool:
 
 def class_balanced_beta(config: TrainConfig) -> float:
     """The Class-Balanced beta of a run's class-balanced losses: its --decay-value under the
-    ``cb-beta`` reading of "weight decay 0.9999", the standard 0.9999 under the others."""
-    return config.decay_value if config.decay_reading == "cb-beta" else 0.9999
+    ``cb-beta`` reading of "weight decay 0.9999", the standard 0.9999 (``knobs.FIXED``) under the others."""
+    return config.decay_value if config.decay_reading == "cb-beta" else FIXED["beta"]
 
 
 def reweighting_starts(config: TrainConfig) -> int | None:

@@ -16,6 +16,7 @@ from longtail.cli.options import (
     add_test_priors_option,
     add_train_options,
     add_weights_option,
+    shown_value,
     stated_default,
 )
 from longtail.config import (
@@ -30,6 +31,7 @@ from longtail.config import (
     parse_test_size,
 )
 from longtail.errors import LongtailError
+from longtail.knobs import FIXED
 
 DESCRIPTION = (
     "Long-tailed image classification with EfficientNet-B0 (CIFAR-10-LT, or your own images): see how a data "
@@ -118,8 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
     decouple.add_argument(
         "--beta",
         type=float,
-        help="class-balanced beta (default: the stage-1 run's --decay-value under the cb-beta reading, else 0.9999; "
-        "or tuned with --tune)",
+        help="class-balanced beta (default: the stage-1 run's --decay-value under the cb-beta reading, else "
+        f"{shown_value(FIXED['beta'])}; or tuned with --tune)",
     )
     decouple.add_argument(
         "--feature-size",

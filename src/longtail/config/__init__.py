@@ -10,7 +10,7 @@ or a resume compares (``config_differences``).
   size schedules, ``--imbalance`` and ``longtail predict``'s options;
 - ``longtail.config.records``: a config read back from ``run.json``, and how a record and a request differ;
 - ``longtail.config.train``: ``TrainConfig``, the data options' fields;
-- ``longtail.config.stage2``: ``Stage2Config``, which options and knobs each method and loss uses;
+- ``longtail.config.stage2``: ``Stage2Config``, which options each method and loss uses (its knobs: ``longtail.knobs``);
 - ``longtail.config.presets``: the presets of ``longtail reproduce``, the study's fields, ``study_config``.
 
 The public names of all five are importable from ``longtail.config`` itself.
@@ -38,11 +38,8 @@ from longtail.config.checks import (
 from longtail.config.presets import DEFAULT_PRESET, DEFAULT_SEEDS, PRESETS, STUDY_FIELDS, Preset, study_config
 from longtail.config.records import config_differences, describe_differences, from_record
 from longtail.config.stage2 import (
-    LOSS_KNOBS,
-    TAU_METHODS,
     TRAINING_METHODS,
     TRAINING_OPTIONS,
-    TUNABLE,
     Stage2Config,
     validation_choices,
 )
@@ -62,7 +59,6 @@ __all__ = [
     "DEFAULT_TOP_K",
     "FEATURE_SIZE_MODES",
     "LIST_OPTIONS",
-    "LOSS_KNOBS",
     "MAX_FREEZE_BLOCKS",
     "MAX_IMAGE_SIZE",
     "MAX_SEED",
@@ -72,11 +68,9 @@ __all__ = [
     "PREDICTION_FORMATS",
     "PRESETS",
     "STUDY_FIELDS",
-    "TAU_METHODS",
     "TEST_SIZE_MODES",
     "TRAINING_METHODS",
     "TRAINING_OPTIONS",
-    "TUNABLE",
     "Preset",
     "Stage2Config",
     "TrainConfig",

@@ -1,5 +1,5 @@
-"""The settings of a stage-2 head (``Stage2Config``): which options each method and loss uses,
-their defaults, their validation, and what is left to the validation split."""
+"""The settings of a stage-2 head (``Stage2Config``): which options each method and loss uses (its
+knobs: ``longtail.knobs``), their defaults, their validation, and what is left to the validation split."""
 
 from __future__ import annotations
 
@@ -18,28 +18,28 @@ from longtail.config.checks import (
     option_name,
 )
 from longtail.errors import LongtailError
+from longtail.knobs import FIXED, KNOBS, LOSS_KNOBS, TAU_METHODS, TUNABLE
 
 # The methods that train something (a new head, or LWS's scales) and the options only they use.
 TRAINING_METHODS = ("retrain", "lws")
 TRAINING_OPTIONS = ("sampler", "epochs", "batch_size", "lr", "views", "seed")
-# The knobs of each retrain loss (modified-ce is logit-adjusted CE). Balanced Softmax has none: it is
-# logit-adjusted CE at tau = 1. ce, crt, inverse-frequency-ce and LDAM (s and the margin fixed at
-# Cao et al.'s values) have none either.
-LOSS_KNOBS = {
-    "focal": ("gamma",),
-    "class-balanced": ("beta",),
-    "cb-focal": ("beta", "gamma"),
-    "logit-adjusted": ("tau",),
-    "modified-ce": ("tau",),
+# What each knob is, in the message on a knob given to a head without it.
+_KNOB_ROLES = {
+    "tau": "not given: tuned on validation",
+    "gamma": "their focusing parameter",
+    "beta": "their Class-Balanced beta",
 }
-TAU_METHODS = ("tau-norm", "post-hoc-la")  # the methods with a temperature of their own
-TUNABLE = ("gamma", "beta")  # the knobs --tune tunes (a temperature not given is always tuned)
-_KNOB_USERS = {
-    "tau": "--loss modified-ce and logit-adjusted and --method tau-norm and post-hoc-la (not given: tuned on "
-    "validation)",
-    "gamma": "--loss focal and cb-focal (their focusing parameter)",
-    "beta": "--loss class-balanced and cb-focal (their Class-Balanced beta)",
-}
+
+
+def _losses_with(knob: str) -> str:
+    """The losses that have ``knob``, for a message: "focal and cb-focal"."""
+    return " and ".join(loss for loss, knobs in LOSS_KNOBS.items() if knob in knobs)
+
+
+def _knob_users(knob: str) -> str:
+    """What has ``knob``, for a message: "--loss focal and cb-focal (their focusing parameter)"."""
+    methods = f" and --method {' and '.join(TAU_METHODS)}" if knob == "tau" else ""
+    return f"--loss {_losses_with(knob)}{methods} ({_KNOB_ROLES[knob]})"
 
 
 @dataclass
@@ -53,7 +53,7 @@ class Stage2Config:
     features; it is not tuned, and is the same for every loss and every tuned variant); the
     study's fixed focal gamma 1. A temperature ``tau`` not given
     is tuned on the validation split; ``tune`` tunes the loss's gamma and beta there too (those not
-    given), each over a grid of its own (``longtail.decouple``)."""
+    given), each over a grid of its own (``longtail.knobs``)."""
 
     method: str = "retrain"
     loss: str | None = None  # --method retrain only: ce when not given
@@ -69,8 +69,8 @@ class Stage2Config:
     seed: int | None = None
     feature_size: int | str | None = None  # None: auto (FEATURE_SIZE_MODES)
 
-    DEFAULTS: ClassVar[dict] = {"loss": "ce", "epochs": 30, "batch_size": 128, "lr": 1e-3, "views": 0, "gamma": 1.0,
-                                "seed": 0, "feature_size": "auto"}  # fmt: skip
+    DEFAULTS: ClassVar[dict] = {"loss": "ce", "epochs": 30, "batch_size": 128, "lr": 1e-3, "views": 0,
+                                "gamma": FIXED["gamma"], "seed": 0, "feature_size": "auto"}  # fmt: skip
 
     def validate(self) -> None:
         """Check every value, then that every option given is used by the method and loss."""
@@ -118,10 +118,10 @@ class Stage2Config:
                         f"trains nothing: {option_name(name)} is for --method retrain and lws"
                     )
         knobs = self.knobs
-        for name in ("tau", "gamma", "beta"):
+        for name in KNOBS:
             if getattr(self, name) is not None and name not in knobs:
                 value = getattr(self, name)
-                unused.append(f"--{name} {value:g} is not used by {self._what()}: --{name} is for {_KNOB_USERS[name]}")
+                unused.append(f"--{name} {value:g} is not used by {self._what()}: --{name} is for {_knob_users(name)}")
         if self.tune:
             tunable = [knob for knob in knobs if knob in TUNABLE]
             if not tunable:
@@ -131,8 +131,8 @@ class Stage2Config:
                     "logit-adjusted": "its tau is tuned on validation whenever --tau is not given",
                 }.get(self.resolved_loss if self.method == "retrain" else None, "it has no gamma or beta")
                 unused.append(
-                    f"--tune is not used by {self._what()}: {why}; --tune tunes the gamma of --loss focal and "
-                    "cb-focal and the beta of --loss class-balanced and cb-focal"
+                    f"--tune is not used by {self._what()}: {why}; --tune tunes the gamma of --loss "
+                    f"{_losses_with('gamma')} and the beta of --loss {_losses_with('beta')}"
                 )
             elif all(getattr(self, knob) is not None for knob in tunable):
                 given = " and ".join(f"--{knob}" for knob in tunable)

@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from longtail.config import LOSS_KNOBS
+from longtail.knobs import LOSS_KNOBS
 from longtail.metrics import PER_CLASS_LIMIT, paired_differences
 from longtail.priors import TRAIN, UNIFORM
 from longtail.report.study_numbers import STUDY_REPORTED

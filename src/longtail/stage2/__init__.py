@@ -3,7 +3,8 @@ Classifier for Long-Tailed Recognition"): heads fitted on the frozen stage-1 bac
 
 - ``longtail.stage2.heads``: ``train_head``, the loop every trained head goes through, and the
   heads it trains (``HeadGrid``: linear heads side by side; LWS's ``ScaledLinear``);
-- ``longtail.stage2.tuning``: the grids of the knobs chosen on validation and the choice;
+- ``longtail.stage2.tuning``: the settings a head is chosen among on validation (``longtail.knobs``'s
+  grids) and the choice;
 - ``longtail.stage2.fit``: fitting the heads of several configs at once (``fit_stage2_heads``),
   at each feature size they try (``fit_at_sizes``);
 - ``longtail.stage2.calibration``: the prior a stage-1 classifier or a stage-2 head is calibrated
@@ -16,26 +17,10 @@ public names of all four are importable from ``longtail.stage2`` itself.
 from longtail.stage2.calibration import adjusted_logits, head_calibration, stage1_calibration, target_adjustment
 from longtail.stage2.fit import CRT, feature_sizes, fit_at_sizes, fit_stage2_heads
 from longtail.stage2.heads import HeadGrid, ScaledLinear, fresh_head, linear_copy, train_head
-from longtail.stage2.tuning import (
-    BETA_GRID,
-    CB_FOCAL_GRID,
-    GAMMA_GRID,
-    TAU_GRID_POST_HOC,
-    TAU_GRID_TRAINED,
-    choose_setting,
-    head_val_accuracy,
-    reference_setting,
-    tuned_record,
-    tuning_grid,
-)
+from longtail.stage2.tuning import choose_setting, head_val_accuracy, reference_setting, tuned_record, tuning_grid
 
 __all__ = [
-    "BETA_GRID",
-    "CB_FOCAL_GRID",
     "CRT",
-    "GAMMA_GRID",
-    "TAU_GRID_POST_HOC",
-    "TAU_GRID_TRAINED",
     "HeadGrid",
     "ScaledLinear",
     "adjusted_logits",

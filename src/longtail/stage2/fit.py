@@ -27,6 +27,7 @@ from longtail.config import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE, Stage2Config
 from longtail.data import Dataset
 from longtail.errors import LongtailError
 from longtail.features import Features
+from longtail.knobs import FIXED
 from longtail.losses import MODIFIED_CE, build_loss, loss_spec
 from longtail.resolution import GRID_STEP
 from longtail.selection import best_on_validation
@@ -165,7 +166,7 @@ def fit_stage2_heads(
     stage1_head: nn.Module,
     features: Features,
     dataset: Dataset,
-    default_beta: float = 0.9999,
+    default_beta: float = FIXED["beta"],
 ) -> list[tuple[nn.Module, dict]]:
     """The stage-2 head of each config and a record of what it used and what was chosen on
     validation (tau, gamma, beta and the validation scores of every setting tried).

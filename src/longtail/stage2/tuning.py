@@ -2,10 +2,10 @@
 
 Temperatures (``tau``) not given are tuned on the validation split and so, with ``tune``
 (``--tune``), are the focal gamma and the Class-Balanced beta of a loss that has them and was not
-given them: one head per setting of a grid as large as Modified CE's tau grid (``tuning_grid``),
-all trained side by side (``stage2.fit``), the best on validation kept (``choose_setting``; ties:
-the setting closest to the fixed one). Balanced Softmax has no knob: it is logit-adjusted CE at
-tau = 1.
+given them: one head per setting of a grid as large as Modified CE's tau grid (``tuning_grid``, of
+the grids in ``longtail.knobs``), all trained side by side (``stage2.fit``), the best on validation
+kept (``choose_setting``; ties: the setting closest to the fixed one). Balanced Softmax has no
+knob: it is logit-adjusted CE at tau = 1.
 """
 
 from __future__ import annotations
@@ -18,21 +18,9 @@ from torch import nn
 
 from longtail.config import Stage2Config
 from longtail.features import Features
+from longtail.knobs import BETA_GRID, CB_FOCAL_GRID, FIXED, GAMMA_GRID, TAU_GRID_POST_HOC, TAU_GRID_TRAINED
 from longtail.metrics import top1_accuracy
 from longtail.selection import best_on_validation
-
-# Logit-adjusted loss: one head per value. Widened twice because a recorded run picked the top of
-# the grid (RESULTS.md): 2.5 with a short stage 1, then 4.0 on one seed of a three-seed study.
-TAU_GRID_TRAINED = (0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0, 4.5, 5.0, 6.0)
-TAU_GRID_POST_HOC = tuple(round(0.1 * i, 1) for i in range(61))  # 0.0 .. 6.0, free to evaluate
-# The grids of ``tune`` (``longtail decouple --tune``, the study's tuned variants), as many values
-# as TAU_GRID_TRAINED so that every loss gets the same tuning budget as Modified CE's tau:
-# focal's gamma from 0 (plain CE) to 5, the Class-Balanced beta from 0.9 (weights within 0.5% of
-# equal at CIFAR-10-LT's counts) to 0.99999 (within 3% of inverse frequency), log-spaced in 1 - beta;
-# CB-focal's two knobs together on a 4 x 4 grid (16 heads) around the study's (0.9999, 1).
-GAMMA_GRID = (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0, 5.0)
-BETA_GRID = (0.9, 0.95, 0.98, 0.99, 0.995, 0.998, 0.999, 0.9995, 0.9998, 0.9999, 0.99995, 0.99998, 0.99999)
-CB_FOCAL_GRID = tuple((beta, gamma) for beta in (0.99, 0.999, 0.9999, 0.99999) for gamma in (0.0, 0.5, 1.0, 2.0))
 
 
 def tuning_grid(config: Stage2Config) -> list[dict[str, float]]:
@@ -50,8 +38,9 @@ def tuning_grid(config: Stage2Config) -> list[dict[str, float]]:
 
 
 def reference_setting(default_beta: float) -> dict[str, float]:
-    """The fixed setting a tuned knob's ties are broken towards (``choose_setting``)."""
-    return {"tau": 1.0, "gamma": Stage2Config.DEFAULTS["gamma"], "beta": default_beta}
+    """The fixed setting a tuned knob's ties are broken towards (``choose_setting``): ``knobs.FIXED``,
+    with the beta the head's stage-1 run gives it."""
+    return {**FIXED, "beta": default_beta}
 
 
 def _distance(setting: Mapping[str, float], fixed: Mapping[str, float]) -> float:

@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from longtail.config import (
-    TUNABLE,
     Stage2Config,
     TrainConfig,
     config_differences,
@@ -24,6 +23,7 @@ from longtail.config import (
     validation_choices,
 )
 from longtail.errors import LongtailError
+from longtail.knobs import TUNABLE
 from longtail.runs import RUN_FILE, read_json
 
 STUDY_LOSSES = ("modified-ce", "balanced-softmax", "focal", "class-balanced", "cb-focal")
