@@ -63,12 +63,12 @@ from longtail.runs import atomic_torch_save, read_json, torch_load
 from longtail.runtime import Runtime
 from longtail.stage2 import choose_setting, fit_at_sizes, fit_stage2_heads, reference_setting, tuning_grid
 from longtail.strategies import class_balanced_beta
+from longtail.study import STUDY_LOSSES
 from longtail.train import train
+from shared_files import CIFAR10_NPZ, WEIGHTS
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-DEFAULT_DATA = os.environ.get("LONGTAIL_DATA", str(SHARED / "data" / "cifar10.npz"))
-DEFAULT_WEIGHTS = str(SHARED / "weights" / "efficientnet_b0_imagenet_tfhub.pth")
-STUDY_LOSSES = ("modified-ce", "balanced-softmax", "focal", "class-balanced", "cb-focal")  # as longtail.study
+DEFAULT_DATA = os.environ.get("LONGTAIL_DATA", str(CIFAR10_NPZ))
+DEFAULT_WEIGHTS = str(WEIGHTS)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

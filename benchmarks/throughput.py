@@ -55,10 +55,10 @@ from longtail.hardware import cpu_name
 from longtail.models import build_model, resolve_bn_mode, set_train_mode
 from longtail.runtime import Runtime
 from longtail.train import train_one_epoch
+from shared_files import CIFAR10_NPZ, WEIGHTS
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-DEFAULT_DATA = os.environ.get("LONGTAIL_DATA", str(SHARED / "data" / "cifar10.npz"))
-DEFAULT_WEIGHTS = str(SHARED / "weights" / "efficientnet_b0_imagenet_tfhub.pth")
+DEFAULT_DATA = os.environ.get("LONGTAIL_DATA", str(CIFAR10_NPZ))
+DEFAULT_WEIGHTS = str(WEIGHTS)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

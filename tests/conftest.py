@@ -9,9 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-CIFAR10_NPZ = SHARED / "data" / "cifar10.npz"
-WEIGHTS = SHARED / "weights" / "efficientnet_b0_imagenet_tfhub.pth"
+from shared_files import CIFAR10_NPZ, WEIGHTS
 
 
 @pytest.fixture(autouse=True, scope="session")

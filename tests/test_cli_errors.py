@@ -34,8 +34,8 @@ import torch
 from PIL import Image
 
 from longtail.data import load_arrays, long_tail_split
+from shared_files import WEIGHTS
 
-WEIGHTS = Path(__file__).resolve().parents[1].parent / "shared" / "weights" / "efficientnet_b0_imagenet_tfhub.pth"
 NOBODY = 65534
 AS_ROOT = os.geteuid() == 0
 SETPRIV = shutil.which("setpriv")

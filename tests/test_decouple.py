@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -27,8 +26,7 @@ from longtail.features import Features, extract_features
 from longtail.losses import build_loss
 from longtail.models import FEATURE_DIM, build_model, pooled_features
 from longtail.runtime import Runtime
-
-WEIGHTS = Path(__file__).resolve().parents[1].parent / "shared" / "weights" / "efficientnet_b0_imagenet_tfhub.pth"
+from shared_files import WEIGHTS
 
 # ---------------------------------------------------------------- (a) cached features == frozen backbone
 

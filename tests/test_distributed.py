@@ -34,6 +34,7 @@ from longtail.config import TrainConfig
 from longtail.data import Arrays, Dataset, Split
 from longtail.runtime import Runtime
 from longtail.train import train_one_epoch
+from shared_files import WEIGHTS
 
 GLOBAL_BATCH = 16
 
@@ -345,9 +346,6 @@ def _ddp_train(data: Path, out: Path, *extra: str) -> list[str]:
         "--out", str(out),
         *extra,
     )  # fmt: skip
-
-
-WEIGHTS = Path(__file__).resolve().parents[1].parent / "shared" / "weights" / "efficientnet_b0_imagenet_tfhub.pth"
 
 
 @pytest.mark.slow

@@ -22,9 +22,8 @@ import pytest
 import torch
 
 from longtail import runs
+from shared_files import WEIGHTS
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-WEIGHTS = SHARED / "weights" / "efficientnet_b0_imagenet_tfhub.pth"
 EPOCHS = 3
 STEPS_PER_EPOCH = 10  # train counts 20, 15, 12, 9, 7, 5, 4, 3, 2, 2 (79) in batches of 8
 

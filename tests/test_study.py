@@ -19,9 +19,8 @@ import pytest
 
 from longtail import runs
 from longtail.features import feature_file
+from shared_files import WEIGHTS
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-WEIGHTS = SHARED / "weights" / "efficientnet_b0_imagenet_tfhub.pth"
 STRATEGIES = [
     "baseline",
     "reweight",

@@ -23,10 +23,8 @@ from longtail import runs
 from longtail.artifacts import load_trained_model
 from longtail.features import extract_features, feature_file
 from longtail.runtime import Runtime
+from shared_files import CIFAR10_NPZ, WEIGHTS
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-CIFAR10 = SHARED / "data" / "cifar10.npz"
-WEIGHTS = SHARED / "weights" / "efficientnet_b0_imagenet_tfhub.pth"
 CHANCE = 0.1
 
 pytestmark = pytest.mark.slow
@@ -56,7 +54,7 @@ def stage1(workspace) -> Path:
     out = workspace / "stage1"
     _longtail(
         "train",
-        "--data", str(CIFAR10),
+        "--data", str(CIFAR10_NPZ),
         "--weights", str(WEIGHTS),
         "--imbalance", "100",
         "--max-per-class", "500",
