@@ -286,7 +286,7 @@ def test_the_parser_and_its_errors_need_no_torch():
 
 
 def test_the_registries_are_the_name_sets():
-    from longtail import knobs, losses, metrics, models, samplers, strategies, study, train
+    from longtail import knobs, losses, metrics, models, optimization, samplers, strategies, study
     from longtail.data import splits
 
     # Losses: the registry has exactly the names; stage 2 adds modified-ce (an alias) and crt.
@@ -316,7 +316,7 @@ def test_the_registries_are_the_name_sets():
     assert {models.resolve_bn_mode(mode, info) for mode in BN_MODES} <= set(BN_MODES) - {"auto"}
     # Learning-rate schedules: each name a schedule of its own.
     curves = {
-        name: tuple(train.lr_factor(TrainConfig(lr_schedule=name, epochs=2), 3)(step) for step in range(6))
+        name: tuple(optimization.lr_factor(TrainConfig(lr_schedule=name, epochs=2), 3)(step) for step in range(6))
         for name in LR_SCHEDULES
     }
     assert len(set(curves.values())) == len(LR_SCHEDULES)

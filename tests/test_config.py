@@ -138,6 +138,30 @@ def test_freeze_blocks_outside_0_to_8_or_with_reestimated_batchnorm_is_refused(s
     TrainConfig(freeze_blocks=8).validate()
 
 
+@pytest.mark.parametrize(
+    ("settings", "expected"),
+    [
+        ({"weight_decay": -0.1}, "--weight-decay must be a finite number at least 0, got -0.1"),
+        ({"weight_decay": 1.0, "decay_reading": "adamw"}, "--weight-decay 1 and --decay-reading adamw both set"),
+        ({"weight_decay": 1.0, "decay_reading": "l2"}, "--weight-decay 1 and --decay-reading l2 both set"),
+        ({"ema_decay": 1.0}, "--ema-decay must be a finite number in (0, 1), got 1.0"),
+        ({"ema_decay": 0.0}, "--ema-decay must be a finite number in (0, 1), got 0.0"),
+        ({"ema_decay": 0.99, "decay_reading": "ema"}, "--ema-decay 0.99 and --decay-reading ema both average"),
+        ({"mixup": -1.0}, "--mixup must be a finite number at least 0, got -1.0"),
+        ({"cutmix": float("nan")}, "--cutmix must be a finite number at least 0, got nan"),
+        ({"mixup": 0.2, "cutmix": 1.0}, "--mixup and --cutmix both mix the training images: give one of them"),
+    ],
+)
+def test_weight_decay_weight_average_and_mixing_out_of_range_or_given_twice_are_refused(settings, expected):
+    with pytest.raises(LongtailError, match=re.escape(expected)):
+        TrainConfig(**settings).validate()
+    for fine in ({"weight_decay": 0.5}, {"ema_decay": 0.99}, {"mixup": 0.2}, {"cutmix": 1.0}):
+        TrainConfig(**fine).validate()
+    assert TrainConfig(ema_decay=0.99).averaging_decay == 0.99
+    assert TrainConfig(decay_reading="ema").averaging_decay == 0.9999 and TrainConfig().averaging_decay is None
+    assert TrainConfig(cutmix=1.0).mixing == ("cutmix", 1.0) and TrainConfig().mixing is None
+
+
 # ---------------------------------------------------------------- stage 2: every option given is used
 
 

@@ -26,6 +26,7 @@ STRATEGIES = {
     "baseline": "cross-entropy, every image once per epoch (the study's baseline)",
     "reweight": "cross-entropy, classes drawn with equal probability (the study's Reweight: WeightedRandomSampler)",
     "ldam-drw": "LDAM loss with deferred class-balanced re-weighting (Cao et al. 2019)",
+    "logit-adjusted": "logit-adjusted cross-entropy, tau = 1, every image once per epoch (Menon et al. 2021)",
 }
 
 # BatchNorm handling in stage 1:

@@ -30,6 +30,7 @@ STRATEGY = {
     "baseline": Strategy("ce", "instance"),
     "reweight": Strategy("ce", "class-balanced"),  # the study's Reweight: WeightedRandomSampler
     "ldam-drw": Strategy("ldam", "instance", deferred_reweighting=True),  # Cao et al. 2019
+    "logit-adjusted": Strategy("logit-adjusted", "instance"),  # Menon et al. 2021 at tau = 1: Balanced Softmax
 }
 
 

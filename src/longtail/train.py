@@ -10,10 +10,9 @@ stream; only rank 0 writes, and an error on any rank stops every rank.
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,14 +29,15 @@ from longtail.errors import LongtailError
 from longtail.evaluation import evaluate_run
 from longtail.features import features_and_logits
 from longtail.metrics import top1_accuracy
+from longtail.mixing import MIXINGS, Mixed, mixing_generator
 from longtail.models import (
     build_model,
     freeze_blocks,
     reestimate_bn_statistics,
     resolve_bn_mode,
     set_train_mode,
-    trainable_parameters,
 )
+from longtail.optimization import training_state
 from longtail.priors import DEFAULT_TEST_PRIORS, Prior, check_classes
 from longtail.runs import (
     CHECKPOINT_FILE,
@@ -57,14 +57,6 @@ __all__ = ["TrainConfig", "train"]  # TrainConfig lives in longtail.config
 # ---------------------------------------------------------------- stage 1
 
 
-def _make_optimizer(config: TrainConfig, params) -> torch.optim.Optimizer:
-    if config.decay_reading == "l2":
-        return torch.optim.Adam(params, lr=config.lr, weight_decay=config.decay_value)
-    if config.decay_reading == "adamw":
-        return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.decay_value)
-    return torch.optim.Adam(params, lr=config.lr, weight_decay=0.0)
-
-
 def steps_per_epoch(total: int, config: TrainConfig, bn_mode: str, world_size: int) -> int:
     """Optimizer steps in one epoch of ``total`` images (every rank takes the same number: each step
     all-reduces gradients). A last global batch too small to give every rank an image is left out
@@ -76,26 +68,6 @@ def steps_per_epoch(total: int, config: TrainConfig, bn_mode: str, world_size: i
     if bn_mode != "frozen" and steps > 1 and (total - (steps - 1) * global_batch) // world_size == 1:
         steps -= 1
     return steps
-
-
-def lr_factor(config: TrainConfig, steps_in_epoch: int) -> Callable[[int], float]:
-    """The learning rate at optimizer step ``step`` (0-based, of ``T`` in the run) as a fraction of
-    --lr. ``constant``: 1 (the study). ``cosine`` (a named deviation): a linear warm-up over the
-    first ``W = min(steps_in_epoch, (T - 1) // 2)`` steps (one epoch, or the first half of a run of
-    one epoch), then half a cosine from 1 at step ``W`` down to exactly 0 at the last step, ``T - 1``:
-    ``0.5 * (1 + cos(pi * (step - W) / (T - 1 - W)))``. A run of a single step takes it at the peak."""
-    if config.lr_schedule == "constant":
-        return lambda step: 1.0
-    total = steps_in_epoch * config.epochs
-    warmup = min(steps_in_epoch, (total - 1) // 2)
-
-    def cosine(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = min(1.0, (step - warmup) / max(1, total - 1 - warmup))  # stays at 0 past the last step
-        return 0.5 * (1.0 + math.cos(math.pi * progress))
-
-    return cosine
 
 
 @dataclass
@@ -120,6 +92,48 @@ def _check_finite(loss_value: float, epoch: int, step: int, runtime: Runtime) ->
         )
 
 
+def _epoch_order(
+    state: TrainingState, config: TrainConfig, dataset: Dataset, bn_mode: str, runtime: Runtime, max_steps: int | None
+) -> tuple[torch.Tensor, int]:
+    """``(positions, steps)``: this process's share of the epoch's sampled order, cut to the epoch's
+    optimizer steps (its first ``max_steps`` if given)."""
+    order = epoch_order(
+        strategy_of(config).sampler, dataset.train_labels, config.seed, state.epoch, runtime.rank, runtime.world_size
+    )
+    steps = steps_per_epoch(len(dataset.train_labels), config, bn_mode, runtime.world_size)
+    if max_steps is not None:
+        steps = min(steps, max_steps)
+    return order[: steps * (config.batch_size // runtime.world_size)], steps
+
+
+def _step(
+    state: TrainingState,
+    train_model: nn.Module,
+    loss_fn,
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    mixed: Mixed | None,
+    share: float,
+    runtime: Runtime,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimizer step on a batch (mixed with ``mixed``'s partners, if any): ``(loss, logits)``.
+    ``share``: the batch's share of the global batch, which weights its mean loss (DDP averages
+    the ranks' gradients, so that gives the global batch's mean gradient even when a last batch
+    splits unevenly)."""
+    with runtime.autocast():
+        logits = train_model(mixed.inputs if mixed else inputs)
+    loss = mixed.loss(loss_fn, logits.float(), targets) if mixed else loss_fn(logits.float(), targets)
+    state.optimizer.zero_grad(set_to_none=True)
+    (loss * share).backward()
+    state.optimizer.step()
+    if state.scheduler is not None:
+        state.scheduler.step()
+    if state.ema is not None:
+        state.ema.update_parameters(state.model)
+    state.step += 1
+    return loss, logits
+
+
 def train_one_epoch(
     state: TrainingState,
     train_model: nn.Module,
@@ -134,17 +148,11 @@ def train_one_epoch(
     """One pass over this process's share of the epoch's sampled order (its first ``max_steps``
     steps if given), at the epoch's image size (``config.epoch_size``)."""
     loss_fn = epoch_loss(config, dataset.split.train_counts, state.epoch)
-    order = epoch_order(
-        strategy_of(config).sampler, dataset.train_labels, config.seed, state.epoch, runtime.rank, runtime.world_size
-    )
+    order, steps = _epoch_order(state, config, dataset, bn_mode, runtime, max_steps)
     augment_generator = epoch_generator(config.seed, state.epoch, stream=1 + runtime.rank, device=images.device)
+    mixing, mixing_draws = config.mixing, mixing_generator(config.seed, state.epoch, runtime.rank)
     per_rank_batch = config.batch_size // runtime.world_size
-    global_batch = per_rank_batch * runtime.world_size
-    total = len(dataset.train_labels)  # length of the epoch's global order
-    steps = steps_per_epoch(total, config, bn_mode, runtime.world_size)
-    if max_steps is not None:
-        steps = min(steps, max_steps)
-    order = order[: steps * per_rank_batch]
+    global_batch, total = per_rank_batch * runtime.world_size, len(dataset.train_labels)
     image_size = config.epoch_size(state.epoch)
     set_train_mode(train_model, bn_mode, config.freeze_blocks)
     started = time.perf_counter()
@@ -164,30 +172,18 @@ def train_one_epoch(
             batch = random_crop_flip(batch, augment_generator)
         targets = labels[positions.to(labels.device)]
         inputs = to_model_input(batch, image_size, dataset.mean, dataset.std)
-        with runtime.autocast():
-            logits = train_model(inputs)
-        loss = loss_fn(logits.float(), targets)
+        mixed = MIXINGS[mixing[0]](inputs, mixing[1], mixing_draws) if mixing else None
+        share = len(targets) * runtime.world_size / min(global_batch, total - step * global_batch)
+        loss, logits = _step(state, train_model, loss_fn, inputs, targets, mixed, share, runtime)
         loss_value = loss.item()
         _check_finite(loss_value, state.epoch, step, runtime)
-        state.optimizer.zero_grad(set_to_none=True)
-        # DDP averages the ranks' gradients; weighting each rank's mean loss by its share of the global
-        # batch makes that the global batch's mean gradient even when a last batch splits unevenly.
-        share = len(targets) * runtime.world_size / min(global_batch, total - step * global_batch)
-        (loss * share).backward()
-        state.optimizer.step()
-        if state.scheduler is not None:
-            state.scheduler.step()
-        if state.ema is not None:
-            state.ema.update_parameters(state.model)
-        state.step += 1
         seen += len(targets)
         loss_sum += loss_value * len(targets)
         correct += int((logits.argmax(1) == targets).sum())
-        elapsed = time.perf_counter() - started
         progress.set_postfix(
             loss=f"{loss_sum / seen:.3f}",
             acc=f"{correct / seen:.3f}",
-            img_s=f"{seen * runtime.world_size / elapsed:.0f}",
+            img_s=f"{seen * runtime.world_size / (time.perf_counter() - started):.0f}",
             refresh=False,
         )
     progress.close()
@@ -239,19 +235,6 @@ def _reestimate_bn(model: nn.Module, images: torch.Tensor, config: TrainConfig, 
     )
 
 
-def _training_state(model: nn.Module, config: TrainConfig, steps_in_epoch: int) -> TrainingState:
-    """A fresh optimizer, learning-rate schedule and (``--decay-reading ema``) weight average."""
-    optimizer = _make_optimizer(config, trainable_parameters(model))
-    factor = lr_factor(config, steps_in_epoch)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor) if config.lr_schedule != "constant" else None
-    ema = None
-    if config.decay_reading == "ema":
-        ema = torch.optim.swa_utils.AveragedModel(
-            model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(config.decay_value), use_buffers=True
-        )
-    return TrainingState(model, optimizer, ema, scheduler=scheduler)
-
-
 def _wrapped(model: nn.Module, config: TrainConfig, runtime: Runtime) -> nn.Module:
     """The module the steps run: DDP across processes, compiled with ``--compile``."""
     if runtime.world_size > 1:
@@ -260,7 +243,7 @@ def _wrapped(model: nn.Module, config: TrainConfig, runtime: Runtime) -> nn.Modu
 
 
 def _evaluated_model(state: TrainingState) -> nn.Module:
-    """The weights a run is evaluated with: the EMA's under ``--decay-reading ema``."""
+    """The weights a run is evaluated with: the EMA's under ``--ema-decay`` or ``--decay-reading ema``."""
     return state.ema.module if state.ema is not None else state.model
 
 
@@ -303,6 +286,61 @@ def _finish(out: Path, state: TrainingState, seconds: float) -> None:
     atomic_write_json(out / RUN_FILE, run)
 
 
+def _prepare(
+    model: nn.Module,
+    config: TrainConfig,
+    dataset: Dataset,
+    bn_mode: str,
+    runtime: Runtime,
+    checkpoint: dict | None,
+    out: Path,
+) -> tuple[TrainingState, nn.Module, torch.Tensor, torch.Tensor]:
+    """``(state, the module the steps run, training images, labels)`` on the run's device: the model
+    with its BatchNorm mode and frozen blocks, a fresh training state or the checkpoint's."""
+    images = dataset.images("train").to(runtime.device)  # read batch by batch from a memory-mapped store
+    labels = torch.from_numpy(dataset.train_labels).to(runtime.device)
+    model = model.to(runtime.device, memory_format=torch.channels_last)
+    if checkpoint is None and bn_mode == "reestimate":
+        _reestimate_bn(model, images, config, dataset)
+    if runtime.world_size > 1 and bn_mode != "frozen":
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # on a GPU (check_distributed)
+    freeze_blocks(model, config.freeze_blocks)
+    state = training_state(model, config, steps_per_epoch(len(labels), config, bn_mode, runtime.world_size))
+    if checkpoint is not None:
+        runtime.on_all(lambda: restore_checkpoint(state, checkpoint, config, runtime, out))
+    return state, _wrapped(model, config, runtime), images, labels
+
+
+def _train_epochs(
+    state: TrainingState,
+    train_model: nn.Module,
+    config: TrainConfig,
+    data: tuple,
+    bn_mode: str,
+    runtime: Runtime,
+    out: Path,
+    writer,
+) -> tuple | None:
+    """The epochs left, each validated, logged and checkpointed; ``data``: (images, labels, dataset).
+    Returns the last epoch's (size, validation features), which the evaluation reuses."""
+    images, labels, dataset = data
+    val_features = None
+    while state.epoch < config.epochs:
+        stats = train_one_epoch(state, train_model, config, images, labels, dataset, bn_mode, runtime)
+        state.epoch += 1
+        record = {"epoch": state.epoch, **dataclasses.asdict(stats), "lr": state.optimizer.param_groups[0]["lr"]}
+        if len(dataset.val_labels) and runtime.is_main:  # the other ranks wait at the barrier below
+            record["val_accuracy"], val_features = _validate(state, dataset, stats.image_size, runtime)
+        state.history.append(record)
+        rng_states = runtime.gather(rng_state())
+        if runtime.is_main:
+            _log_epoch(writer, record)
+            atomic_torch_save(out / CHECKPOINT_FILE, checkpoint_dict(state, config, rng_states))
+            _print_epoch(record, stats, config)
+        runtime.barrier()
+    return val_features
+
+
 def train(
     config: TrainConfig,
     out: Path,
@@ -327,40 +365,18 @@ def train(
     model, info, dataset, bn_mode = runtime.on_all(lambda: _load(config, cache_dir, runtime, test_priors))
     with RunLock(out) if runtime.is_main else nullcontext():
         resuming = runtime.on_main(lambda: prepare_run_dir(out, resume=resume, overwrite=overwrite))
-        images = dataset.images("train").to(runtime.device)  # read batch by batch from a memory-mapped store
-        labels = torch.from_numpy(dataset.train_labels).to(runtime.device)
-        model = model.to(runtime.device, memory_format=torch.channels_last)
         checkpoint = runtime.on_all(lambda: read_checkpoint(out / CHECKPOINT_FILE) if resuming else None)
-        if checkpoint is None and bn_mode == "reestimate":
-            _reestimate_bn(model, images, config, dataset)
-        if runtime.world_size > 1 and bn_mode != "frozen":
-            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # on a GPU (check_distributed)
-        freeze_blocks(model, config.freeze_blocks)
-        state = _training_state(model, config, steps_per_epoch(len(labels), config, bn_mode, runtime.world_size))
-        if checkpoint is not None:
-            runtime.on_all(lambda: restore_checkpoint(state, checkpoint, config, runtime, out))
-        train_model = _wrapped(model, config, runtime)
+        state, train_model, images, labels = _prepare(model, config, dataset, bn_mode, runtime, checkpoint, out)
         writer = None
         if runtime.is_main:
             atomic_write_json(out / RUN_FILE, _run_record(config, info, bn_mode, dataset, runtime))
             from torch.utils.tensorboard import SummaryWriter
 
             writer = SummaryWriter(str(out / "tensorboard"))
-        val_features = None  # (size, features) of the latest epoch's weights: reused by the evaluation
         started = time.perf_counter()
-        while state.epoch < config.epochs:
-            stats = train_one_epoch(state, train_model, config, images, labels, dataset, bn_mode, runtime)
-            state.epoch += 1
-            record = {"epoch": state.epoch, **dataclasses.asdict(stats), "lr": state.optimizer.param_groups[0]["lr"]}
-            if len(dataset.val_labels) and runtime.is_main:  # the other ranks wait at the barrier below
-                record["val_accuracy"], val_features = _validate(state, dataset, stats.image_size, runtime)
-            state.history.append(record)
-            rng_states = runtime.gather(rng_state())
-            if runtime.is_main:
-                _log_epoch(writer, record)
-                atomic_torch_save(out / CHECKPOINT_FILE, checkpoint_dict(state, config, rng_states))
-                _print_epoch(record, stats, config)
-            runtime.barrier()
+        val_features = _train_epochs(
+            state, train_model, config, (images, labels, dataset), bn_mode, runtime, out, writer
+        )
         if runtime.is_main:
             writer.close()
             _finish(out, state, time.perf_counter() - started)

@@ -144,6 +144,41 @@ def add_weights_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_deviation_options(parser: argparse.ArgumentParser, stated: str | None = None) -> None:
+    """Stage 1's named deviations that regularise: weight decay, a weight average, mixing images.
+    ``stated``: the default the help states (the configuration's unless given, e.g. a preset's)."""
+
+    def default(name: str, meaning: str) -> str:
+        return stated or f"{stated_default(TrainConfig, name)}: {meaning}"
+
+    parser.add_argument(
+        "--weight-decay",
+        type=float,
+        help="decoupled weight decay (AdamW) of the trained convolution and linear weights: each step shrinks them "
+        f"by lr x this; a deviation from the study ({default('weight_decay', 'none')})",
+    )
+    parser.add_argument(
+        "--ema-decay",
+        type=float,
+        help="evaluate and save an exponential moving average of the weights with this decay, in (0, 1), instead "
+        f"of the last step's; a deviation from the study ({stated or 'default: none'})",
+    )
+    parser.add_argument(
+        "--mixup",
+        type=float,
+        metavar="ALPHA",
+        help="mixup of the training images, lam ~ Beta(ALPHA, ALPHA); a deviation from the study "
+        f"({default('mixup', 'off')})",
+    )
+    parser.add_argument(
+        "--cutmix",
+        type=float,
+        metavar="ALPHA",
+        help="CutMix of the training images, lam ~ Beta(ALPHA, ALPHA); a deviation from the study "
+        f"({default('cutmix', 'off')})",
+    )
+
+
 def add_train_options(parser: argparse.ArgumentParser) -> None:
     add_weights_option(parser)
     parser.add_argument(
@@ -231,6 +266,7 @@ def add_train_options(parser: argparse.ArgumentParser) -> None:
         help="keep EfficientNet-B0's features[0:K] fixed at their loaded weights: no gradient, no optimizer state, "
         f"eval mode (0-{MAX_FREEZE_BLOCKS}; {stated_default(TrainConfig, 'freeze_blocks')}: full fine-tuning)",
     )
+    add_deviation_options(parser)
     parser.add_argument(
         "--deterministic", action="store_true", default=None, help="bit-for-bit repeatable (slower; default off)"
     )

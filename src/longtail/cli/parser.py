@@ -12,6 +12,7 @@ from pathlib import Path
 from longtail.choices import DECAY_READINGS, LR_SCHEDULES, SAMPLERS, STAGE2_LOSSES, STAGE2_METHODS, TTA_MODES
 from longtail.cli.options import (
     add_data_options,
+    add_deviation_options,
     add_target_prior_option,
     add_test_priors_option,
     add_train_options,
@@ -204,6 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         help=f"B0's features[0:K] kept fixed, 0-{MAX_FREEZE_BLOCKS} (default: the preset's)",
     )
+    add_deviation_options(reproduce, "default: the preset's")
     add_test_priors_option(reproduce)
     reproduce.add_argument(
         "--out", type=Path, required=True, help="the study's directory: its runs, results.md and report.html (required)"

@@ -66,6 +66,10 @@ STUDY_FIELDS = (
     "tta",
     "decay_reading",
     "freeze_blocks",
+    "weight_decay",
+    "ema_decay",
+    "mixup",
+    "cutmix",
 )
 
 

@@ -97,6 +97,13 @@ class TrainConfig:
     # B0's features[0:K] keep their ImageNet weights (no gradient, no optimizer state, eval mode): a
     # named deviation from the study's full fine-tuning that buys a larger input for the same time.
     freeze_blocks: int = 0
+    # Named deviations of stage 1, each tuned on validation (RESULTS.md, "Round 3"): decoupled weight
+    # decay of the trained convolution and linear weights (AdamW), an exponential moving average of the
+    # weights (evaluated and saved instead of the last step's), and mixing images (longtail.mixing).
+    weight_decay: float = 0.0
+    ema_decay: float | None = None
+    mixup: float = 0.0  # alpha of mixup's Beta(alpha, alpha); 0: off
+    cutmix: float = 0.0  # alpha of CutMix's Beta(alpha, alpha); 0: off
     # A list source (longtail.data.lists): 'path label' list files read under the image root `data`;
     # the validation and test lists replace the held-out splits, the class-names file names the labels.
     train_list: str | None = None
@@ -126,6 +133,7 @@ class TrainConfig:
             check_float("decay_value", self.decay_value, 0.0)
         check_float("drw_start", self.drw_start, 0.0, 1.0)
         check_int("freeze_blocks", self.freeze_blocks, 0, MAX_FREEZE_BLOCKS)
+        self._validate_deviations()
         if self.freeze_blocks and self.bn == "reestimate":
             raise LongtailError(
                 f"--bn reestimate re-estimates the BatchNorm statistics of the {self.freeze_blocks} blocks "
@@ -141,6 +149,41 @@ class TrainConfig:
                 )
         if self.test_size not in TEST_SIZE_MODES:
             check_int("test_size", self.test_size, MIN_IMAGE_SIZE, MAX_IMAGE_SIZE)
+
+    def _validate_deviations(self) -> None:
+        """Weight decay, the weight average and mixing, each given once."""
+        check_float("weight_decay", self.weight_decay, 0.0)
+        if self.weight_decay and self.decay_reading in ("l2", "adamw"):
+            raise LongtailError(
+                f"--weight-decay {self.weight_decay:g} and --decay-reading {self.decay_reading} both set a weight "
+                "decay: give one of them"
+            )
+        if self.ema_decay is not None:
+            check_float("ema_decay", self.ema_decay, 0.0, 1.0, low_open=True, high_open=True)
+            if self.decay_reading == "ema":
+                raise LongtailError(
+                    f"--ema-decay {self.ema_decay:g} and --decay-reading ema both average the weights: give one of "
+                    "them"
+                )
+        check_float("mixup", self.mixup, 0.0)
+        check_float("cutmix", self.cutmix, 0.0)
+        if self.mixup and self.cutmix:
+            raise LongtailError("--mixup and --cutmix both mix the training images: give one of them")
+
+    @property
+    def averaging_decay(self) -> float | None:
+        """The decay of the weights' exponential moving average: --ema-decay, or --decay-value under
+        --decay-reading ema; None: the last step's weights are the run's."""
+        return self.decay_value if self.decay_reading == "ema" else self.ema_decay
+
+    @property
+    def mixing(self) -> tuple[str, float] | None:
+        """``(name, alpha)`` of the mixing of the training images (``longtail.mixing``), or None."""
+        if self.mixup:
+            return "mixup", self.mixup
+        if self.cutmix:
+            return "cutmix", self.cutmix
+        return None
 
     def _validate_data(self) -> None:
         """The settings of the data: imbalance, validation and test splits, decoding."""

@@ -37,16 +37,20 @@ def stage1_calibration(config: TrainConfig, counts: list[int]) -> Calibration:
     """The class prior a stage-1 run's classifier is calibrated to (``longtail.priors``): the
     baseline's cross-entropy on instance-sampled data, the training prior; Reweight's class-balanced
     sampler, uniform; LDAM-DRW, the training prior times the class-balanced weights its last epochs
-    minimise with (LDAM's margins read as no prior shift), close to uniform at CIFAR-10-LT's counts."""
+    minimise with (LDAM's margins read as no prior shift), close to uniform at CIFAR-10-LT's counts;
+    logit-adjusted CE end to end (tau = 1), the training prior divided by itself: uniform."""
     strategy = strategy_of(config)
     beta = class_balanced_beta(config)
     weights = class_balanced_weights(counts, beta).numpy() if strategy.deferred_reweighting else None
-    return cross_entropy_calibration(
+    calibrated = cross_entropy_calibration(
         counts,
         balanced_draw=strategy.sampler == "class-balanced",
         class_weights=weights,
         weighting=f"the deferred class-balanced re-weighting, beta = {beta:g}",
     )
+    if strategy.loss == "logit-adjusted":
+        return logit_adjusted(calibrated, counts, 1.0, "in the loss")
+    return calibrated
 
 
 def head_calibration(
