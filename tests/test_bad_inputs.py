@@ -392,8 +392,8 @@ def test_decouple_option(workspace, tmp_path, option, value):
 @pytest.mark.parametrize(("option", "value"), _cases(REPRODUCE_OPTIONS))
 def test_reproduce_option(workspace, tmp_path, option, value):
     out = tmp_path / "study"
-    argv = ["reproduce", "--data", str(workspace["npz"]), "--weights", "none", "--out", str(out)]
-    _assert_refused([*argv, option, value], [option], [tmp_path])
+    argv = ["reproduce", "--data", str(workspace["npz"]), "--weights", "none", "--freeze-blocks", "0"]
+    _assert_refused([*argv, "--out", str(out), option, value], [option], [tmp_path])
     assert not out.exists()
 
 
@@ -544,7 +544,8 @@ def test_decouple_tune_records_what_it_chose_and_what_it_used(workspace, tmp_pat
 
 def test_reproduce_finds_a_missing_validation_split_before_any_training(workspace, tmp_path):
     out = tmp_path / "study"
-    argv = ["reproduce", "--data", str(workspace["npz"]), "--weights", "none", "--val-per-class", "0"]
+    argv = ["reproduce", "--data", str(workspace["npz"]), "--weights", "none", "--freeze-blocks", "0"]
+    argv += ["--val-per-class", "0"]
     line = _assert_refused(
         [*argv, "--out", str(out), "--cache-dir", str(tmp_path / "cache")],
         [
@@ -599,6 +600,8 @@ def _prior_commands(workspace: dict, tmp_path: Path) -> dict[str, tuple[list[str
                 str(workspace["npz"]),
                 "--weights",
                 "none",
+                "--freeze-blocks",
+                "0",
                 "--out",
                 str(tmp_path / "study"),
                 "--cache-dir",
@@ -677,3 +680,102 @@ def test_a_target_prior_without_a_validation_split_is_refused(workspace, tmp_pat
         [tmp_path],
     )
     assert not head.exists()
+
+
+# ---------------------------------------------------------------- what a command pairs must still fit
+
+
+def test_evaluate_refuses_a_head_fitted_on_an_earlier_model_of_its_stage1_run(workspace, tmp_path):
+    # `train --overwrite` (or `--resume --epochs N`) gives the stage-1 run a new model; a head fitted on
+    # the old one would be scored on the new model's features.
+    run, head, cache = _copy_run(workspace, tmp_path), tmp_path / "head", ["--cache-dir", str(workspace["cache"])]
+    status, _, stderr = _call(["decouple", str(run), "--out", str(head), "--feature-size", "stage1", *cache])
+    assert status == 0, stderr
+    fitted_on = read_json(run / RUN_FILE)["model_sha256"]
+    status, _, stderr = _call(_train_argv(workspace["npz"], workspace["cache"], run, "--epochs", "2", "--overwrite"))
+    assert status == 0, stderr
+    now = read_json(run / RUN_FILE)["model_sha256"]
+    assert now != fitted_on
+    names = [str(head), str(run.resolve()), fitted_on[:16], now[:16], "earlier model", "--overwrite"]
+    _assert_refused(["evaluate", str(head), *cache], names, [head, run])
+
+
+@pytest.fixture(scope="module")
+def changed_data(tmp_path_factory) -> dict:
+    """A finished stage-1 run and a stage-2 head on a tiny .npz, whose images were then edited in place
+    (same path, shapes and labels: only its checksum tells); ``before``/``now``: its sha256 then and now."""
+    root = tmp_path_factory.mktemp("changed-data")
+    npz, cache, run, head = root / "tiny.npz", root / "cache", root / "stage1", root / "head"
+    np.savez(npz, **_tiny_arrays())
+    before = hashlib.sha256(npz.read_bytes()).hexdigest()
+    torch.manual_seed(0)
+    for argv in (_train_argv(npz, cache, run), ["decouple", str(run), "--out", str(head), "--cache-dir", str(cache)]):
+        status, _, stderr = _call(argv)
+        assert status == 0, stderr
+    assert read_json(run / RUN_FILE)["data_sha256"] == before
+    edited = _tiny_arrays()
+    edited["x_train"] = 255 - edited["x_train"]
+    np.savez(npz, **edited)
+    image = root / "new.png"
+    image.write_bytes(_png_bytes())
+    now = hashlib.sha256(npz.read_bytes()).hexdigest()
+    return {"npz": npz, "cache": cache, "run": run, "head": head, "image": image, "before": before, "now": now}
+
+
+@pytest.mark.parametrize("command", ["train-resume", "decouple", "evaluate", "evaluate-head", "predict-target-prior"])
+def test_a_data_source_changed_since_training_is_refused(changed_data, tmp_path, command):
+    npz, cache, run, head = (changed_data[key] for key in ("npz", "cache", "run", "head"))
+    argv = {
+        "train-resume": _train_argv(npz, cache, run, "--epochs", "2", "--resume"),  # against its checkpoint
+        "decouple": ["decouple", str(run), "--out", str(tmp_path / "new-head"), "--cache-dir", str(cache)],
+        "evaluate": ["evaluate", str(run), "--cache-dir", str(cache)],
+        "evaluate-head": ["evaluate", str(head), "--cache-dir", str(cache)],
+        "predict-target-prior": [
+            "predict", str(run), str(changed_data["image"]), "--target-prior", "train", "--cache-dir", str(cache)
+        ],  # fmt: skip
+    }[command]
+    names = [str(npz), changed_data["before"][:16], changed_data["now"][:16], "--overwrite"]
+    _assert_refused(argv, names, [run, head, tmp_path])
+
+
+def test_predict_target_prior_reads_the_run_data_under_cache_dir(workspace, tmp_path):
+    cache, image = tmp_path / "cache", tmp_path / "new.png"
+    image.write_bytes(_png_bytes())
+    argv = ["predict", str(workspace["run"]), str(image), "--target-prior", "train", "--cache-dir", str(cache)]
+    status, stdout, stderr = _call(argv)
+    assert status == 0, stderr
+    assert stdout.startswith("path,predicted_class,probability")
+    assert list((cache / "indices").glob("*.json"))  # the run's split read (its index file) under --cache-dir
+
+
+def test_resume_into_an_out_that_holds_no_run_is_refused(workspace, tmp_path):
+    out = tmp_path / "mistyped"
+    argv = _train_argv(workspace["npz"], workspace["cache"], out, "--resume")
+    _assert_refused(argv, ["nothing to resume", str(out), "without --resume"], [tmp_path])
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("command", ["train", "reproduce"])
+def test_frozen_blocks_without_pretrained_weights_are_refused(workspace, tmp_path, command):
+    out = tmp_path / "out"
+    if command == "train":  # given
+        argv, names = _train_argv(workspace["npz"], tmp_path / "cache", out, "--freeze-blocks", "2"), ["2 blocks"]
+    else:  # the cpu preset's (`reproduce`'s default) four blocks
+        argv, names = ["reproduce", "--data", str(workspace["npz"]), "--weights", "none", "--out", str(out)], ["4"]
+    _assert_refused(argv, ["--freeze-blocks", "--weights none", *names], [tmp_path])
+    assert not out.exists()
+
+
+def test_a_resume_may_change_the_device_and_records_every_session(workspace, tmp_path):
+    run = tmp_path / "run"
+    status, _, stderr = _call(_train_argv(workspace["npz"], workspace["cache"], run, "--device", "cpu"))
+    assert status == 0, stderr
+    status, _, stderr = _call(_train_argv(workspace["npz"], workspace["cache"], run, "--epochs", "2", "--resume"))
+    assert status == 0, stderr  # --device auto now, cpu before: nothing that is trained changed
+    record = read_json(run / RUN_FILE)
+    assert record["config"]["device"] == "auto" and [r["epoch"] for r in record["history"]] == [1, 2]
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    assert record["sessions"] == [
+        {"device": "cpu", "compile": False, "world_size": 1, "first_epoch": 1},
+        {"device": device, "compile": False, "world_size": 1, "first_epoch": 2},
+    ]

@@ -31,3 +31,15 @@ def test_more_epochs_extend_a_run_whose_epochs_shape_nothing_else():
 def test_more_epochs_are_refused_where_they_would_move_the_schedule_or_the_drw_start(started):
     with pytest.raises(LongtailError, match="epochs: recorded 4, requested 6"):
         _resume(started, epochs=6, **({"size_schedule": "32:3,64:3"} if started.size_schedule else {}))
+
+
+@pytest.mark.parametrize("now", [{"device": "cpu"}, {"compile": True}, {"device": "cuda", "compile": True}])
+def test_a_resume_may_change_where_it_runs(now):
+    # --device and --compile change nothing that is trained (run.json records each session's: `sessions`).
+    _resume(TrainConfig(device="auto", compile=False), **now)
+
+
+def test_a_resume_that_changes_the_device_and_a_trained_setting_names_only_the_trained_one():
+    with pytest.raises(LongtailError, match="lr: recorded 0.0001, requested 0.001") as refused:
+        _resume(TrainConfig(), device="cpu", lr=1e-3)
+    assert "device" not in str(refused.value)

@@ -383,3 +383,43 @@ def test_split_summary_is_the_table_as_data(tmp_path, cache_dir):
     assert [row["group"] for row in summary["classes"]] == ["medium", "medium", "few", "few"]
     assert summary["total"] == {"profile": 88, "train": 88, "val": 8, "test": 20}
     assert (summary["most"], summary["fewest"], summary["imbalance_factor"]) == (40, 4, 10.0)
+
+
+def test_the_tune_help_states_the_size_of_each_grid():
+    from longtail.knobs import BETA_GRID, CB_FOCAL_GRID, GAMMA_GRID, TAU_GRID_TRAINED
+
+    decouple = _subparsers(cli.build_parser())["decouple"]
+    text = _option_help(decouple, next(a for a in _options(decouple) if a.dest == "tune"))
+    assert len(CB_FOCAL_GRID) != len(TAU_GRID_TRAINED)  # so no grid is "as large as tau's" for every loss
+    assert "as large as" not in text
+    for stated in (
+        f"gamma over {len(GAMMA_GRID)} values",
+        f"beta over {len(BETA_GRID)}",
+        f"{len(CB_FOCAL_GRID)} pairs",
+        f"tau grid has {len(TAU_GRID_TRAINED)} values",
+    ):
+        assert stated in text, (stated, text)
+
+
+@pytest.mark.parametrize(
+    ("argv", "says", "never"),
+    [
+        (["train", "--out", "run"], "rerun it with --resume", None),
+        (["reproduce", "--out", "study"], "rerun the same command", "--resume"),  # reproduce has no --resume
+        (["decouple", "run", "--out", "head"], "rerun the command", "--resume"),
+        (["evaluate", "run"], "rerun the command", "--resume"),
+        (["predict", "run", "image.png"], "rerun the command", "--resume"),
+    ],
+)
+def test_ctrl_c_says_how_to_continue_the_command_it_interrupted(monkeypatch, argv, says, never):
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setitem(cli.COMMANDS, argv[0], interrupted)
+    status, stdout, stderr = _call(argv)
+    assert status == 130 and stdout == ""
+    assert stderr.startswith("longtail: interrupted; ") and says in stderr, stderr
+    assert never is None or never not in stderr, stderr
+    parser = _subparsers(cli.build_parser())[argv[0]]
+    options = {option for action in _options(parser) for option in action.option_strings}
+    assert ("--resume" in options) == ("--resume" in stderr)  # only a command that has --resume is told to use it

@@ -103,7 +103,7 @@ def test_import_longtail_needs_no_torch_and_predict_is_there():
 def test_study_config_composes_the_preset_with_what_is_given():
     from longtail.config import PRESETS, study_config
 
-    common = dict(data="d.npz", weights="none", imbalance=100.0)
+    common = dict(data="d.npz", weights="imagenet", imbalance=100.0)  # the cpu preset freezes pretrained blocks
     preset = PRESETS["cpu"]
     plain = study_config("cpu", given={}, **common)
     assert (plain.image_size, plain.epochs, plain.lr_schedule, plain.size_schedule) == (
@@ -136,6 +136,19 @@ def test_freeze_blocks_outside_0_to_8_or_with_reestimated_batchnorm_is_refused(s
     with pytest.raises(LongtailError, match=re.escape(expected)):
         TrainConfig(**settings).validate()
     TrainConfig(freeze_blocks=8).validate()
+
+
+@pytest.mark.parametrize("weights", ["none", "imagenet", "b0.pth"])
+def test_frozen_blocks_need_pretrained_weights(weights):
+    # Frozen random blocks would never train: --freeze-blocks K > 0 with --weights none is refused.
+    config = TrainConfig(weights=weights, freeze_blocks=2)
+    if weights == "none":
+        with pytest.raises(LongtailError, match=re.escape("--freeze-blocks 2 keeps B0's first 2 blocks")) as refused:
+            config.validate()
+        assert "--weights none" in str(refused.value) and "--freeze-blocks 0" in str(refused.value)
+    else:
+        config.validate()
+    TrainConfig(weights=weights, freeze_blocks=0).validate()
 
 
 @pytest.mark.parametrize(

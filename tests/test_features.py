@@ -1,8 +1,11 @@
 """The feature cache of a stage-1 run (``longtail.features``): stage 2 reuses what stage 1
 computed, extracts only what is missing (building the network only then), and never mixes
-features of another model."""
+features of another model, other data, another size or the other precision."""
 
 from __future__ import annotations
+
+import dataclasses
+from contextlib import nullcontext
 
 import numpy as np
 import pytest
@@ -80,7 +83,7 @@ def test_classifier_on_features_equals_the_model_forward(stage1):
 def test_stage2_reuses_the_stored_test_features(stage1, extraction_sizes):
     run_dir, model, config, dataset = stage1
     test = _test_features(stage1)
-    store_evaluation_features(run_dir, "sha-a", SIZE, test)
+    store_evaluation_features(run_dir, "sha-a", dataset, SIZE, RUNTIME, test)
     found = load_or_extract_features(run_dir, "sha-a", lambda: model, dataset, 0, 0, RUNTIME, SIZE)
     n_train, n_val = len(dataset.split.train), len(dataset.split.val)
     assert extraction_sizes == [n_train, n_val]  # never the test set again
@@ -95,7 +98,7 @@ def test_stage2_reuses_the_stored_test_features(stage1, extraction_sizes):
 def test_stored_validation_features_leave_only_the_train_set_to_extract(stage1, extraction_sizes):
     run_dir, model, config, dataset = stage1
     val = extract_features(model, torch.from_numpy(dataset.val_images), *_args(config, dataset))
-    store_evaluation_features(run_dir, "sha-a", SIZE, _test_features(stage1), val)
+    store_evaluation_features(run_dir, "sha-a", dataset, SIZE, RUNTIME, _test_features(stage1), val)
     extraction_sizes.clear()
     found = load_or_extract_features(run_dir, "sha-a", lambda: model, dataset, 0, 0, RUNTIME, SIZE)
     assert extraction_sizes == [len(dataset.split.train)]
@@ -105,7 +108,7 @@ def test_stored_validation_features_leave_only_the_train_set_to_extract(stage1, 
 def test_features_of_another_model_are_recomputed(stage1, extraction_sizes):
     run_dir, model, config, dataset = stage1
     stale = torch.zeros(len(dataset.arrays.x_test), FEATURE_DIM)
-    store_evaluation_features(run_dir, "sha-old", SIZE, stale, stale[:1])
+    store_evaluation_features(run_dir, "sha-old", dataset, SIZE, RUNTIME, stale, stale[:1])
     found = load_or_extract_features(run_dir, "sha-new", lambda: model, dataset, 0, 0, RUNTIME, SIZE)
     assert extraction_sizes[-1] == len(dataset.arrays.x_test)
     torch.testing.assert_close(found.test, _test_features(stage1), atol=0, rtol=0)
@@ -126,13 +129,13 @@ def test_more_views_extract_only_the_new_ones_and_keep_the_old(stage1, extractio
     fewer = load_or_extract_features(run_dir, "sha-a", _never, dataset, 0, 1, RUNTIME, SIZE)
     assert extraction_sizes == [] and torch.equal(fewer.train, augmented.train[:2])
     # Storing new test features keeps the cached train views of the same model.
-    store_evaluation_features(run_dir, "sha-a", SIZE, plain.test)
+    store_evaluation_features(run_dir, "sha-a", dataset, SIZE, RUNTIME, plain.test)
     assert torch_load(run_dir / feature_file(SIZE))["train"].shape[0] == 3
 
 
 def test_features_of_another_image_size_are_computed_at_that_size_and_cached_beside(stage1, extraction_sizes):
     run_dir, model, config, dataset = stage1
-    store_evaluation_features(run_dir, "sha-a", SIZE, _test_features(stage1))
+    store_evaluation_features(run_dir, "sha-a", dataset, SIZE, RUNTIME, _test_features(stage1))
     extraction_sizes.clear()
     found = load_or_extract_features(run_dir, "sha-a", lambda: model, dataset, 0, 0, RUNTIME, 48)
     n_train, n_val, n_test = len(dataset.split.train), len(dataset.split.val), len(dataset.arrays.x_test)
@@ -169,6 +172,52 @@ def test_flip_features_are_cached_once_and_reused(stage1, extraction_sizes):
     extraction_sizes.clear()
     again = load_or_extract_features(run_dir, "sha-a", _never, dataset, 0, 0, RUNTIME, SIZE, flip=True)
     assert extraction_sizes == [] and torch.equal(again.test_flip, found.test_flip)
+
+
+def test_features_of_other_data_are_recomputed(stage1, extraction_sizes):
+    # The data's checksum keys the cache: features never pair with the labels of an edited source.
+    run_dir, model, config, dataset = stage1
+    first = load_or_extract_features(run_dir, "sha-a", lambda: model, dataset, 0, 0, RUNTIME, SIZE)
+    edited = dataclasses.replace(dataset, arrays=dataclasses.replace(dataset.arrays, fingerprint="edited-source"))
+    extraction_sizes.clear()
+    again = load_or_extract_features(run_dir, "sha-a", lambda: model, edited, 0, 0, RUNTIME, SIZE)
+    n_train, n_val, n_test = len(dataset.split.train), len(dataset.split.val), len(dataset.arrays.x_test)
+    assert sorted(extraction_sizes) == sorted([n_train, n_val, n_test])  # nothing of the other data's cache reused
+    assert torch.equal(again.test, first.test)  # (the images are in fact the same here)
+    assert torch_load(run_dir / feature_file(SIZE))["data_sha256"] == "edited-source"
+
+
+class _Bfloat16Runtime(Runtime):
+    """A CPU runtime that computes under bf16 autocast, as a GPU's does (``Runtime.autocast``)."""
+
+    def autocast(self):
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+
+
+def test_features_of_the_other_precision_are_recomputed_never_mixed(stage1, extraction_sizes):
+    # Stage 2, evaluate and predict pick the device themselves: float32 features of a CPU and bfloat16
+    # features of a GPU never share a cache file; each precision rebuilds the file of the other.
+    run_dir, model, config, dataset = stage1
+    gpu_like = _Bfloat16Runtime(torch.device("cpu"))
+    assert isinstance(RUNTIME.autocast(), nullcontext)
+    cpu = load_or_extract_features(run_dir, "sha-a", lambda: model, dataset, 0, 0, RUNTIME, SIZE)
+    n_train, n_val, n_test = len(dataset.split.train), len(dataset.split.val), len(dataset.arrays.x_test)
+    for runtime, precision in ((gpu_like, "bfloat16"), (RUNTIME, "float32")):
+        extraction_sizes.clear()
+        found = load_or_extract_features(run_dir, "sha-a", lambda: model, dataset, 0, 0, runtime, SIZE)
+        assert sorted(extraction_sizes) == sorted([n_train, n_val, n_test]), precision
+        assert torch_load(run_dir / feature_file(SIZE))["precision"] == precision
+        assert features_module.feature_precision(runtime) == precision
+        if precision == "bfloat16":
+            assert not torch.equal(found.test, cpu.test)  # the backbone rounded to bf16 gives other features
+        else:
+            torch.testing.assert_close(found.test, cpu.test, atol=0, rtol=0)
+    # Test features stored by an evaluation in one precision are not read in the other.
+    store_evaluation_features(run_dir, "sha-a", dataset, SIZE, gpu_like, cpu.test)
+    assert features_module.validation_features(run_dir, "sha-a", model, dataset, SIZE, gpu_like).shape[0] == n_val
+    extraction_sizes.clear()
+    load_or_extract_features(run_dir, "sha-a", lambda: model, dataset, 0, 0, RUNTIME, SIZE)
+    assert sorted(extraction_sizes) == sorted([n_train, n_val, n_test])
 
 
 @pytest.mark.parametrize("damage", ["empty", "truncated", "random-bytes", "other-kind", "edited-values"])

@@ -1,6 +1,8 @@
 """Finished runs as the commands after training read them: a stage-1 run's record, data, network
-and classifier, and a stage-2 head, each checked (``model.pt`` against the sha256 its run.json
-recorded) before use. What ``decouple``, ``evaluate``, ``predict`` and ``reproduce`` load.
+and classifier, and a stage-2 head, each checked before use: ``model.pt`` against the sha256 its
+run.json recorded, the data against the checksum it was trained on (``stage1_dataset``), a head
+against the stage-1 model it was fitted on (``check_head_model``). What ``decouple``, ``evaluate``,
+``predict`` and ``reproduce`` load.
 """
 
 from __future__ import annotations
@@ -12,10 +14,10 @@ from torch import nn
 
 from longtail.config import TrainConfig, from_record
 from longtail.data import sha256_file
-from longtail.data.dataset import Dataset, load_dataset
+from longtail.data.dataset import Dataset, load_dataset, load_source
 from longtail.errors import LongtailError
 from longtail.models import build_model, head_from_state_dict, make_head
-from longtail.runs import RUN_FILE, read_json, torch_load
+from longtail.runs import RUN_FILE, read_json, short_sha256, torch_load
 from longtail.runtime import Runtime
 from longtail.strategies import uses_cosine_head
 
@@ -44,10 +46,26 @@ def read_finished_stage1(run_dir: Path) -> tuple[TrainConfig, dict]:
     return config, run
 
 
+def stage1_dataset(run_dir: Path, config: TrainConfig, run: dict, cache_dir: Path | None = None) -> Dataset:
+    """The data of a finished stage-1 run (``read_finished_stage1``), checked to be the data it was
+    trained on: a source whose checksum is not the one run.json recorded is refused before its split
+    is read (the run's split, features and metrics belong to the other data)."""
+    arrays = load_source(config, cache_dir)
+    recorded = run.get("data_sha256")
+    if arrays.fingerprint != recorded:
+        raise LongtailError(
+            f"{arrays.source} has changed since {run_dir} was trained on it (sha256 {short_sha256(recorded)} then, "
+            f"{short_sha256(arrays.fingerprint)} now): restore the data the run was trained on, or train the run again "
+            "on this data with --overwrite"
+        )
+    return load_dataset(config, run["weights"]["pretrained"], cache_dir, arrays)
+
+
 def load_finished_stage1(run_dir: Path, cache_dir: Path | None = None) -> tuple[TrainConfig, Dataset, dict]:
-    """``(config, dataset, run_record)`` of a finished stage-1 run, without building its network."""
+    """``(config, dataset, run_record)`` of a finished stage-1 run (its data checked: ``stage1_dataset``),
+    without building its network."""
     config, run = read_finished_stage1(run_dir)
-    return config, load_dataset(config, run["weights"]["pretrained"], cache_dir), run
+    return config, stage1_dataset(run_dir, config, run, cache_dir), run
 
 
 def load_trained_model(run_dir: Path, runtime: Runtime, cache_dir: Path | None = None):
@@ -118,6 +136,19 @@ def load_head(run_dir: Path, num_classes: int) -> nn.Module:
             "fit it again with `longtail decouple ... --overwrite`"
         ) from error
     return head.eval()
+
+
+def check_head_model(head_dir: Path, head_record: dict, stage1_dir: Path, stage1_run: dict) -> None:
+    """A stage-2 head classifies the features of the stage-1 model it was fitted on and no other:
+    the model sha256 its run.json recorded (``head_record``) must be the stage-1 run's now
+    (``stage1_run``, its run.json); after ``train --overwrite`` or ``--resume --epochs N`` it is not."""
+    fitted, now = head_record.get("stage1_model_sha256"), stage1_run.get("model_sha256")
+    if fitted != now:
+        raise LongtailError(
+            f"{head_dir} was fitted on an earlier model of {stage1_dir} (model.pt sha256 {short_sha256(fitted)} then, "
+            f"{short_sha256(now)} now: the run was trained again since); fit the head again with "
+            f"`longtail decouple {stage1_dir} --out {head_dir} ... --overwrite`"
+        )
 
 
 def stage1_of(run_dir: Path) -> Path:

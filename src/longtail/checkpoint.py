@@ -1,6 +1,7 @@
 """Checkpoints of a stage-1 run: the training state one dict holds (model, optimizer, schedule,
-EMA, every rank's random states, sampler position, epoch and step), the check that a run resumes
-only with the settings it started with, and restoring it.
+EMA, every rank's random states, sampler position, epoch and step, and the checksum of the data it
+trains on), the check that a run resumes only with the settings and the data it started with, and
+restoring it.
 """
 
 from __future__ import annotations
@@ -14,9 +15,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from longtail.config import TrainConfig, config_differences, describe_differences
+from longtail.config import TrainConfig, describe_differences, training_differences
+from longtail.data import Arrays
 from longtail.errors import LongtailError
-from longtail.runs import CHECKPOINT_FILE, torch_load
+from longtail.runs import CHECKPOINT_FILE, short_sha256, torch_load
 from longtail.runtime import Runtime, process_seed
 from longtail.strategies import strategy_of
 
@@ -71,7 +73,8 @@ def restore_process_rng(saved, config: TrainConfig, runtime: Runtime) -> None:
         torch.manual_seed(process_seed(config.seed, runtime.rank))
 
 
-def checkpoint_dict(state: TrainingState, config: TrainConfig, rng_states: list[dict]) -> dict:
+def checkpoint_dict(state: TrainingState, config: TrainConfig, rng_states: list[dict], data_sha256: str) -> dict:
+    """The checkpoint of ``state``; ``data_sha256``: the fingerprint of the data source it trains on."""
     return {
         "model": state.model.state_dict(),
         "optimizer": state.optimizer.state_dict(),
@@ -83,14 +86,16 @@ def checkpoint_dict(state: TrainingState, config: TrainConfig, rng_states: list[
         "sampler": {"name": strategy_of(config).sampler, "seed": config.seed, "next_epoch": state.epoch},
         "history": state.history,
         "config": dataclasses.asdict(config),
+        "data_sha256": data_sha256,
     }
 
 
 def check_resumable(stored: dict, config: TrainConfig, run_dir: Path) -> None:
-    """A run resumes only with the settings it started with; more --epochs extend a run whose
-    epochs shape nothing else (a constant learning rate, no size schedule and no deferred
-    re-weighting, whose start is a fraction of the epochs)."""
-    differing = config_differences(stored, config)
+    """A run resumes only with the settings it started with (``training_differences``: the device
+    and --compile may change); more --epochs extend a run whose epochs shape nothing else (a
+    constant learning rate, no size schedule and no deferred re-weighting, whose start is a
+    fraction of the epochs)."""
+    differing = training_differences(stored, config)
     shaped_by_epochs = (
         config.lr_schedule != "constant" or config.size_schedule is not None or strategy_of(config).deferred_reweighting
     )
@@ -103,9 +108,23 @@ def check_resumable(stored: dict, config: TrainConfig, run_dir: Path) -> None:
         )
 
 
+def check_same_data(checkpoint: dict, arrays: Arrays, run_dir: Path) -> None:
+    """A run resumes only on the data it started on: the source's fingerprint now must be the one
+    its checkpoint recorded (a checkpoint that recorded none is refused too)."""
+    recorded = checkpoint.get("data_sha256")
+    if recorded != arrays.fingerprint:
+        raise LongtailError(
+            f"{arrays.source} is not the data {run_dir} was trained on (sha256 {short_sha256(recorded)} in its "
+            f"checkpoint, {short_sha256(arrays.fingerprint)} now): restore that data to resume the run, or pass "
+            "--overwrite to start it over on this data"
+        )
+
+
 def restore_checkpoint(
-    state: TrainingState, checkpoint: dict, config: TrainConfig, runtime: Runtime, run_dir: Path
+    state: TrainingState, checkpoint: dict, config: TrainConfig, arrays: Arrays, runtime: Runtime, run_dir: Path
 ) -> None:
+    """Put the checkpoint's training state into ``state``, once the checkpoint is checked to be
+    of this run's settings (``check_resumable``) and data (``check_same_data``: ``arrays``)."""
     path = run_dir / CHECKPOINT_FILE
     missing = sorted({"config", "model", "optimizer", "epoch", "step", "history", "rng"} - set(checkpoint))
     if missing:
@@ -113,6 +132,7 @@ def restore_checkpoint(
             f"{path}: not a longtail checkpoint (no {', '.join(missing)}); pass --overwrite to start the run over"
         )
     check_resumable(checkpoint["config"], config, run_dir)
+    check_same_data(checkpoint, arrays, run_dir)
     try:
         state.model.load_state_dict(checkpoint["model"])
         state.optimizer.load_state_dict(checkpoint["optimizer"])

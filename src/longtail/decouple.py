@@ -27,11 +27,14 @@ import torch
 from torch import nn
 
 from longtail.artifacts import (
+    check_head_model,
     load_finished_stage1,
     load_head,
     load_trained_classifier,
     load_trained_model,
+    read_finished_stage1,
     run_test_size,
+    stage1_dataset,
     stage1_of,
 )
 from longtail.config import Stage2Config, TrainConfig, validation_choices
@@ -317,12 +320,16 @@ def evaluate_decoupled(
     test_priors: Sequence[Prior] = DEFAULT_TEST_PRIORS,
 ) -> dict:
     """Test metrics of a stage-2 run (from the cached test features of its stage-1 run), with its
-    recorded adjustment to a target prior, if any, and under ``test_priors``; the caller draws its figures."""
+    recorded adjustment to a target prior, if any, and under ``test_priors``; the caller draws its
+    figures. A head whose stage-1 run was trained again since it was fitted (``check_head_model``),
+    or whose stage-1 data changed (``stage1_dataset``), is refused."""
     stage1_dir = stage1_of(run_dir)
-    stage1_config, dataset, stage1_run = load_finished_stage1(stage1_dir, cache_dir)
+    stage1_config, stage1_run = read_finished_stage1(stage1_dir)
+    record = read_json(Path(run_dir) / RUN_FILE)
+    check_head_model(run_dir, record, stage1_dir, stage1_run)
+    dataset = stage1_dataset(stage1_dir, stage1_config, stage1_run, cache_dir)
     check_classes(test_priors, dataset.arrays.num_classes, "--test-priors")
     head = load_head(run_dir, dataset.arrays.num_classes)
-    record = read_json(Path(run_dir) / RUN_FILE)
     size = record["test_image_size"]
     stage1 = (stage1_config, dataset, stage1_run)
     with RunLock(stage1_dir):

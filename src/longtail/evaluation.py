@@ -104,7 +104,9 @@ def evaluate_run(
     x_test = dataset.images("test")
     test_features, logits = features_and_logits(model, x_test, *args)
     test_flip = extract_features(model, x_test, *args, flip=True) if config.tta == "flip" else None
-    store_evaluation_features(run_dir, run.get("model_sha256"), size, test_features, val, test_flip=test_flip)
+    store_evaluation_features(
+        run_dir, run.get("model_sha256"), dataset, size, runtime, test_features, val, test_flip=test_flip
+    )
     flip_logits = apply_head(head_of(model), test_features, test_flip) if test_flip is not None else None
     extra = {"test_image_size": size, "test_size_grid": run["test_size_grid"]}
     return save_evaluation(

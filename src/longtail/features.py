@@ -16,9 +16,12 @@ evaluation (which computes them anyway on its way to the logits), the mirrored t
 ``--tta flip``, and the train set's (plus ``views`` augmented copies), added by the first stage-2
 head; at the other sizes stage 2 tries, the parts it needed there. So a stage-2 head never runs the backbone
 over the test or validation set again, and once the train features are cached it does not build
-the network at all. The cache records the sha256 of the run's ``model.pt``, its image size and a
-checksum of its contents: parts of another model or another size are recomputed, and a file that
-cannot be read or fails its checksum is rebuilt, never trusted.
+the network at all. The cache is keyed (``cache_key``) by the sha256 of the run's ``model.pt``, the
+checksum of the data the features were computed on, the image size and the precision of the backbone
+(float32, or bfloat16 under a GPU's autocast: ``feature_precision``), and records a checksum of its
+contents: a file keyed otherwise (another model, other data, another size, features of the other
+precision, or a file written before the key held all four) is recomputed whole, so the parts it holds
+are always of one key, and a file that cannot be read or fails its checksum is rebuilt, never trusted.
 """
 
 from __future__ import annotations
@@ -165,9 +168,25 @@ def features_and_logits(
 # ---------------------------------------------------------------- the cache
 
 
+CACHE_KEY = ("model_sha256", "data_sha256", "image_size", "precision")  # what a cache file's features are of
+
+
+def feature_precision(runtime: Runtime) -> str:
+    """The precision the backbone computes features in on ``runtime``: that of its autocast
+    (``bfloat16`` on a GPU), else ``float32``."""
+    return str(getattr(runtime.autocast(), "fast_dtype", torch.float32)).removeprefix("torch.")
+
+
+def cache_key(model_sha: str | None, dataset: Dataset, image_size: int, runtime: Runtime) -> dict:
+    """The key of the cached features (``CACHE_KEY``) that ``runtime`` computes at ``image_size``
+    with the model of sha256 ``model_sha`` on ``dataset``'s images."""
+    values = (model_sha, dataset.arrays.fingerprint, image_size, feature_precision(runtime))
+    return dict(zip(CACHE_KEY, values, strict=True))
+
+
 def _checksum(record: dict) -> str:
-    """sha256 over the model sha, the image size and every tensor's bytes, in key order."""
-    digest = hashlib.sha256(f"{record.get('model_sha256')}\0{record.get('image_size')}\0".encode())
+    """sha256 over the cache key and every tensor's bytes, in key order."""
+    digest = hashlib.sha256("".join(f"{record.get(name)}\0" for name in CACHE_KEY).encode())
     for key in sorted(k for k, v in record.items() if isinstance(v, torch.Tensor)):
         tensor = record[key].contiguous()
         digest.update(f"{key}\0{tuple(tensor.shape)}\0".encode())
@@ -175,47 +194,50 @@ def _checksum(record: dict) -> str:
     return digest.hexdigest()
 
 
-def _read_cache(stage1_dir: Path, model_sha: str | None, image_size: int) -> dict:
-    """What the cache file of ``image_size`` holds for this model: empty when the file is absent, of
-    another model or size, unreadable, or fails its checksum (a cache is rebuilt, never trusted)."""
-    path = Path(stage1_dir) / feature_file(image_size)
-    if model_sha is None or not path.exists():
+def _read_cache(stage1_dir: Path, key: dict) -> dict:
+    """What the cache file of the key's image size holds for this key (``cache_key``): empty when
+    the file is absent, keyed otherwise, unreadable, or fails its checksum (a cache is rebuilt,
+    never trusted)."""
+    path = Path(stage1_dir) / feature_file(key["image_size"])
+    if key["model_sha256"] is None or not path.exists():
         return {}
     try:
         cached = torch_load(path, mmap=True)
     except LongtailError:
         tqdm.write(f"longtail: {path} cannot be read; rebuilding it")
         return {}
-    if not isinstance(cached, dict) or cached.get("model_sha256") != model_sha:
-        return {}
-    if cached.get("image_size") != image_size:
+    if not isinstance(cached, dict) or any(cached.get(name) != value for name, value in key.items()):
         return {}
     if cached.get("checksum") != _checksum(cached):
         tqdm.write(f"longtail: {path} fails its checksum; rebuilding it")
         return {}
-    return {key: value for key, value in cached.items() if isinstance(value, torch.Tensor)}
+    return {name: value for name, value in cached.items() if isinstance(value, torch.Tensor)}
 
 
-def _write_cache(stage1_dir: Path, model_sha: str | None, image_size: int, parts: dict) -> None:
-    record = {**{k: v for k, v in parts.items() if v is not None}, "model_sha256": model_sha, "image_size": image_size}
+def _write_cache(stage1_dir: Path, key: dict, parts: dict) -> None:
+    record = {**{k: v for k, v in parts.items() if v is not None}, **key}
     record["checksum"] = _checksum(record)
-    atomic_torch_save(Path(stage1_dir) / feature_file(image_size), record)
+    atomic_torch_save(Path(stage1_dir) / feature_file(key["image_size"]), record)
 
 
 def store_evaluation_features(
     stage1_dir: Path,
     model_sha: str | None,
+    dataset: Dataset,
     image_size: int,
+    runtime: Runtime,
     test: torch.Tensor,
     val: torch.Tensor | None = None,
     *,
     test_flip: torch.Tensor | None = None,
 ) -> None:
-    """Put the test-set (and, when given, the validation-set and mirrored test-set) features at
-    ``image_size`` into the run's cache, keeping the other parts it holds for the same model and size."""
-    parts = _read_cache(stage1_dir, model_sha, image_size)
+    """Put the test-set (and, when given, the validation-set and mirrored test-set) features that
+    ``runtime`` computed at ``image_size`` on ``dataset`` into the run's cache, keeping the other
+    parts it holds of the same key (``cache_key``)."""
+    key = cache_key(model_sha, dataset, image_size, runtime)
+    parts = _read_cache(stage1_dir, key)
     given = {"test": test, "val": val, "test_flip": test_flip}
-    _write_cache(stage1_dir, model_sha, image_size, {**parts, **{k: v for k, v in given.items() if v is not None}})
+    _write_cache(stage1_dir, key, {**parts, **{k: v for k, v in given.items() if v is not None}})
 
 
 def load_or_extract_features(
@@ -234,8 +256,10 @@ def load_or_extract_features(
     copies (and the mirrored test images with ``flip``): what the cache holds, and
     the missing parts extracted (and added to the cache) by the model that ``load_model()``
     returns, called only then. ``seed`` draws the augmented views. ``test=False``: the train
-    and validation features alone (no test pass at a size that stage 2 only tries)."""
-    parts = _read_cache(stage1_dir, model_sha, image_size)
+    and validation features alone (no test pass at a size that stage 2 only tries). The cache is
+    read and written under ``cache_key`` (this model, data, size and ``runtime``'s precision)."""
+    keyed = cache_key(model_sha, dataset, image_size, runtime)
+    parts = _read_cache(stage1_dir, keyed)
     needed = ["val"]
     if test:
         needed += ["test", "test_flip"] if flip else ["test"]
@@ -254,7 +278,7 @@ def load_or_extract_features(
         name = key.removesuffix("_flip")
         label = f"{name} features at {image_size} px" + (", mirrored" if key.endswith("_flip") else "")
         parts[key] = extract_features(model, dataset.images(name), *args, flip=key.endswith("_flip"), progress=label)
-    _write_cache(stage1_dir, model_sha, image_size, parts)
+    _write_cache(stage1_dir, keyed, parts)
     return _features(parts, views, flip and test)
 
 
@@ -262,8 +286,9 @@ def validation_features(
     stage1_dir: Path, model_sha: str | None, model: nn.Module, dataset: Dataset, image_size: int, runtime: Runtime
 ) -> torch.Tensor:
     """The validation set's features at ``image_size``: the cache's (stage 1 and stage 2 put them
-    there), else extracted by ``model`` and not stored (the caller holds no lock on the run)."""
-    cached = _read_cache(stage1_dir, model_sha, image_size)
+    there, under the same ``cache_key``), else extracted by ``model`` and not stored (the caller
+    holds no lock on the run)."""
+    cached = _read_cache(stage1_dir, cache_key(model_sha, dataset, image_size, runtime))
     if "val" in cached:
         return cached["val"]
     images = torch.from_numpy(dataset.val_images)

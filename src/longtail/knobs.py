@@ -33,11 +33,11 @@ FIXED = {"tau": 1.0, "gamma": 1.0, "beta": 0.9999}
 # the grid (RESULTS.md): 2.5 with a short stage 1, then 4.0 on one seed of a three-seed study.
 TAU_GRID_TRAINED = (0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0, 4.5, 5.0, 6.0)
 TAU_GRID_POST_HOC = tuple(round(0.1 * i, 1) for i in range(61))  # 0.0 .. 6.0, free to evaluate
-# The grids of ``tune`` (``longtail decouple --tune``, the study's tuned variants), as many values
-# as TAU_GRID_TRAINED so that every loss gets the same tuning budget as Modified CE's tau:
+# The grids of ``tune`` (``longtail decouple --tune``, the study's tuned variants). Gamma and beta
+# alone have as many values as TAU_GRID_TRAINED (13), the tuning budget of Modified CE's tau:
 # focal's gamma from 0 (plain CE) to 5, the Class-Balanced beta from 0.9 (weights within 0.5% of
-# equal at CIFAR-10-LT's counts) to 0.99999 (within 3% of inverse frequency), log-spaced in 1 - beta;
-# CB-focal's two knobs together on a 4 x 4 grid (16 heads) around the study's (0.9999, 1).
+# equal at CIFAR-10-LT's counts) to 0.99999 (within 3% of inverse frequency), log-spaced in 1 - beta.
+# CB-focal's two knobs together take a 4 x 4 grid (16 heads, three more) around the study's (0.9999, 1).
 GAMMA_GRID = (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0, 5.0)
 BETA_GRID = (0.9, 0.95, 0.98, 0.99, 0.995, 0.998, 0.999, 0.9995, 0.9998, 0.9999, 0.99995, 0.99998, 0.99999)
 CB_FOCAL_GRID = tuple((beta, gamma) for beta in (0.99, 0.999, 0.9999, 0.99999) for gamma in (0.0, 0.5, 1.0, 2.0))

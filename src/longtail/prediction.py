@@ -21,7 +21,8 @@ will come from: its unadjusted logits shifted by ``tau (log pi_target - log pi_o
 the prior it is calibrated to (``stage2.calibration``: ``stage1_calibration`` for a stage-1 run,
 ``head_calibration`` for a head) and tau chosen on the run's validation split re-weighted
 to the target, as ``longtail decouple --target-prior`` chooses it (``stage2.calibration.target_adjustment``;
-the run's data is read for the validation labels). It replaces a head's recorded adjustment.
+the run's data is read for the validation labels, under ``--cache-dir``, and refused if it is not
+the data the run was trained on). It replaces a head's recorded adjustment.
 
 Outputs (``write_predictions``), chosen by the file's extension:
 - ``.csv`` (also what goes to stdout without ``--out``): one row per image with the columns
@@ -49,9 +50,17 @@ import numpy as np
 import torch
 
 from longtail import data as data_module
-from longtail.artifacts import load_head, read_finished_stage1, run_test_size, stage1_of, trained_model
+from longtail.artifacts import (
+    check_head_model,
+    load_head,
+    read_finished_stage1,
+    run_test_size,
+    stage1_dataset,
+    stage1_of,
+    trained_model,
+)
 from longtail.config import DEFAULT_TOP_K, Stage2Config, TrainConfig, check_prediction_options, from_record
-from longtail.data import load_dataset, normalisation
+from longtail.data import normalisation
 from longtail.errors import LongtailError
 from longtail.features import extract_features, validation_features
 from longtail.models import head_of
@@ -130,11 +139,7 @@ def _check_head(head: Path, run: Path, record: dict) -> dict:
             f"--head {head} was fitted on {fitted_on}, not on {run}: pass that run, or leave --head out"
         )
     head_record = read_json(head / RUN_FILE)
-    if head_record.get("stage1_model_sha256") != record.get("model_sha256"):
-        raise LongtailError(
-            f"--head {head} was fitted on an earlier model of {run} (the run was trained again since): fit it again "
-            "with `longtail decouple ... --overwrite`"
-        )
+    check_head_model(head, head_record, run, record)
     return head_record
 
 
@@ -148,10 +153,12 @@ def _serving_adjustment(
     model,
     size: int,
     runtime: Runtime,
+    cache_dir: Path | None,
 ) -> dict:
     """The classifier's adjustment to ``target`` (``target_adjustment``), its tau chosen
-    on the run's validation split at the classifier's input size."""
-    dataset = load_dataset(config, record["weights"]["pretrained"])
+    on the run's validation split at the classifier's input size (the run's data read, and
+    checked to be the data it was trained on, with ``cache_dir``)."""
+    dataset = stage1_dataset(run, config, record, cache_dir)
     if len(dataset.split.val) == 0:
         raise LongtailError(
             f"--target-prior {target.name} chooses its tau on the validation split, and {run} has none (trained with "
@@ -211,13 +218,14 @@ def predict(
     top_k: int | None = None,
     target_prior: Prior | None = None,
     runtime: Runtime | None = None,
+    cache_dir: Path | None = None,
 ) -> Predictions:
     """Classify image files (and every file in folders) with the finished stage-1 run ``run``,
     or with the stage-2 head in the directory ``head`` fitted on it (see the module docstring).
     ``top_k``: classes listed per image in ``Predictions.records`` and the outputs (default 5, or
     the number of classes if fewer). ``target_prior``: serve the classifier under that class
-    prior (the module docstring; only then is the run's data read: otherwise its run.json
-    records the class names and the store size)."""
+    prior (the module docstring; only then is the run's data read, decoded into ``cache_dir``:
+    otherwise its run.json records the class names and the store size)."""
     run = Path(run)
     config, record = read_finished_stage1(run)
     class_names, (height, width) = tuple(record["class_names"]), tuple(record["data_store_size"])
@@ -240,7 +248,7 @@ def predict(
     adjustment = head_record.get("target_prior") if head_record is not None else None
     if target_prior is not None:
         adjustment = _serving_adjustment(
-            target_prior, run, config, record, head_record, classifier, model, size, runtime
+            target_prior, run, config, record, head_record, classifier, model, size, runtime, cache_dir
         )
     mean_std = normalisation(record["weights"]["pretrained"])
     read, probabilities, failed = _classify(

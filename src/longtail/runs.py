@@ -23,6 +23,11 @@ RUN_FILE = "run.json"
 CHECKPOINT_FILE = "checkpoint.pt"
 
 
+def short_sha256(sha256: str | None) -> str:
+    """A recorded checksum as error messages name it: its first 16 hex digits (or that none was recorded)."""
+    return "none recorded" if sha256 is None else f"{str(sha256)[:16]}..."
+
+
 def atomic_write_bytes(path: Path, payload: bytes) -> None:
     """Write ``payload`` to ``path`` atomically (temporary file, flush, fsync, rename, fsync dir)."""
     path = Path(path)
@@ -132,8 +137,9 @@ def check_run_dir(run_dir: Path, *, resume: bool, overwrite: bool, kind: str = "
     """Check what ``run_dir`` holds against the flags, changing nothing; True when the run will resume.
 
     A finished run is replaced only with ``overwrite``; an unfinished one needs ``resume``
-    (continue) or ``overwrite`` (start again). A run of another ``kind`` (stage 1 ``train`` or
-    stage 2 ``decouple``) is never resumed.
+    (continue) or ``overwrite`` (start again); ``resume`` where there is no run (a mistyped
+    --out) is refused. A run of another ``kind`` (stage 1 ``train`` or stage 2 ``decouple``) is
+    never resumed.
     """
     run_dir = Path(run_dir)
     if run_dir.exists() and not run_dir.is_dir():
@@ -154,6 +160,11 @@ def check_run_dir(run_dir: Path, *, resume: bool, overwrite: bool, kind: str = "
     if status == "unfinished" and not resume:
         raise LongtailError(
             f"{run_dir} holds an unfinished run; pass --resume to continue it or --overwrite to start over"
+        )
+    if status == "empty" and resume:
+        raise LongtailError(
+            f"nothing to resume in {run_dir}: it holds no run (no {RUN_FILE} or {CHECKPOINT_FILE}); check --out, "
+            "or start the run without --resume"
         )
     return status != "empty"
 

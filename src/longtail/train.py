@@ -192,9 +192,26 @@ def train_one_epoch(
     return EpochStats(total_loss / total_seen, total_correct / total_seen, total_seen / seconds, seconds, image_size)
 
 
-def _run_record(config: TrainConfig, info, bn_mode: str, dataset: Dataset, runtime: Runtime) -> dict:
-    """run.json of a run: its settings and where its data and weights came from, with what
-    ``longtail predict`` needs to read new images without the data (class names, store size)."""
+def _sessions(out: Path, resuming: bool, state: TrainingState, config: TrainConfig, runtime: Runtime) -> list[dict]:
+    """Every session of a run, this one last: where it ran (device, ``--compile``, processes) and the
+    first epoch it trained. A resume may change the device and --compile (``config.SESSION_FIELDS``), so a
+    resumed run keeps the earlier sessions its run.json recorded."""
+    earlier = read_json(out / RUN_FILE).get("sessions", []) if resuming and (out / RUN_FILE).exists() else []
+    this = {
+        "device": str(runtime.device),
+        "compile": config.compile,
+        "world_size": runtime.world_size,
+        "first_epoch": state.epoch + 1,
+    }
+    return [*earlier, this]
+
+
+def _run_record(
+    config: TrainConfig, info, bn_mode: str, dataset: Dataset, runtime: Runtime, sessions: list[dict]
+) -> dict:
+    """run.json of a run: its settings (this session's device and --compile; ``sessions``: every
+    session's) and where its data and weights came from, with what ``longtail predict`` needs to read
+    new images without the data (class names, store size)."""
     return {
         "kind": "train",
         "status": "running",
@@ -211,6 +228,7 @@ def _run_record(config: TrainConfig, info, bn_mode: str, dataset: Dataset, runti
         "train_counts": dataset.split.train_counts,
         "world_size": runtime.world_size,
         "device": str(runtime.device),
+        "sessions": sessions,
     }
 
 
@@ -307,7 +325,7 @@ def _prepare(
     freeze_blocks(model, config.freeze_blocks)
     state = training_state(model, config, steps_per_epoch(len(labels), config, bn_mode, runtime.world_size))
     if checkpoint is not None:
-        runtime.on_all(lambda: restore_checkpoint(state, checkpoint, config, runtime, out))
+        runtime.on_all(lambda: restore_checkpoint(state, checkpoint, config, dataset.arrays, runtime, out))
     return state, _wrapped(model, config, runtime), images, labels
 
 
@@ -335,7 +353,8 @@ def _train_epochs(
         rng_states = runtime.gather(rng_state())
         if runtime.is_main:
             _log_epoch(writer, record)
-            atomic_torch_save(out / CHECKPOINT_FILE, checkpoint_dict(state, config, rng_states))
+            checkpoint = checkpoint_dict(state, config, rng_states, dataset.arrays.fingerprint)
+            atomic_torch_save(out / CHECKPOINT_FILE, checkpoint)
             _print_epoch(record, stats, config)
         runtime.barrier()
     return val_features
@@ -369,7 +388,8 @@ def train(
         state, train_model, images, labels = _prepare(model, config, dataset, bn_mode, runtime, checkpoint, out)
         writer = None
         if runtime.is_main:
-            atomic_write_json(out / RUN_FILE, _run_record(config, info, bn_mode, dataset, runtime))
+            sessions = _sessions(out, resuming, state, config, runtime)
+            atomic_write_json(out / RUN_FILE, _run_record(config, info, bn_mode, dataset, runtime, sessions))
             from torch.utils.tensorboard import SummaryWriter
 
             writer = SummaryWriter(str(out / "tensorboard"))

@@ -6,14 +6,14 @@ default, and the help texts show them from there.
 
 - ``longtail.cli.options``: the options several commands share, and the defaults their help states;
 - ``longtail.cli.parser``: ``build_parser``, each command and its own options;
-- ``longtail.cli.commands``: the command bodies (``COMMANDS``).
+- ``longtail.cli.commands``: the command bodies (``COMMANDS``) and what to do after Ctrl-C (``INTERRUPTED``).
 """
 
 from __future__ import annotations
 
 import sys
 
-from longtail.cli.commands import COMMANDS
+from longtail.cli.commands import COMMANDS, INTERRUPTED, INTERRUPTED_DEFAULT
 from longtail.cli.parser import build_parser
 from longtail.errors import LongtailError
 
@@ -21,14 +21,16 @@ __all__ = ["COMMANDS", "build_parser", "main"]
 
 
 def main(argv: list[str] | None = None) -> int:
+    command = None
     try:
         args = build_parser().parse_args(argv)
-        COMMANDS[args.command](args)
+        command = args.command
+        COMMANDS[command](args)
     except LongtailError as error:
         message = " ".join(part.strip() for part in str(error).splitlines() if part.strip())  # always one line
         print(f"longtail: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("longtail: interrupted; rerun with --resume to continue from the last checkpoint", file=sys.stderr)
+        print(f"longtail: interrupted; {INTERRUPTED.get(command, INTERRUPTED_DEFAULT)}", file=sys.stderr)
         return 130
     return 0

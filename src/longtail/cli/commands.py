@@ -186,7 +186,14 @@ def _command_predict(args) -> None:
     check_prediction_options(args.out, args.top_k)
     from longtail.prediction import predict, write_predictions
 
-    predictions = predict(args.run, args.paths, head=args.head, top_k=args.top_k, target_prior=args.target_prior)
+    predictions = predict(
+        args.run,
+        args.paths,
+        head=args.head,
+        top_k=args.top_k,
+        target_prior=args.target_prior,
+        cache_dir=args.cache_dir,
+    )
     for _, why in predictions.failed:
         print(f"longtail: skipped {why}", file=sys.stderr)
     if predictions.target_prior is not None:
@@ -200,6 +207,15 @@ def _command_predict(args) -> None:
     if args.out is not None:
         print(f"classified {len(predictions.paths)} images -> {args.out}")
 
+
+# What to do after Ctrl-C, by command: only `train` has --resume; `reproduce` resumes by being rerun.
+INTERRUPTED = {
+    "train": "rerun it with --resume to continue from the last checkpoint",
+    "reproduce": "rerun the same command to continue: finished runs are kept, and the interrupted run resumes "
+    "from its last checkpoint",
+    "decouple": "rerun the command (a head is written only once fitted)",
+}
+INTERRUPTED_DEFAULT = "rerun the command"
 
 COMMANDS = {
     "data": _command_data,

@@ -32,7 +32,7 @@ from longtail.config import (
     parse_test_size,
 )
 from longtail.errors import LongtailError
-from longtail.knobs import FIXED
+from longtail.knobs import BETA_GRID, CB_FOCAL_GRID, FIXED, GAMMA_GRID, TAU_GRID_TRAINED
 
 DESCRIPTION = (
     "Long-tailed image classification with EfficientNet-B0 (CIFAR-10-LT, or your own images): see how a data "
@@ -136,8 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         default=None,
         help="choose the loss's gamma (focal, cb-focal) and beta (class-balanced, cb-focal) that are not given on "
-        "the validation split, each over a grid as large as modified-ce's tau grid (default off: the study's fixed "
-        "gamma 1 and beta)",
+        f"the validation split: gamma over {len(GAMMA_GRID)} values, beta over {len(BETA_GRID)}, cb-focal's two "
+        f"together over {len(CB_FOCAL_GRID)} pairs (modified-ce's tau grid has {len(TAU_GRID_TRAINED)} values) "
+        "(default off: the study's fixed gamma 1 and beta)",
     )
     decouple.add_argument(
         "--seed",
@@ -242,4 +243,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--top-k", type=int, help=f"classes listed per image (default {DEFAULT_TOP_K}, or all if fewer)"
     )
     add_target_prior_option(predict, "the classifier (the run's, or --head's)")
+    predict.add_argument(
+        "--cache-dir",
+        type=Path,
+        help="where the run's data is cached when --target-prior reads it (default: $LONGTAIL_CACHE or "
+        "~/.cache/longtail)",
+    )
     return parser

@@ -4,7 +4,7 @@ their validation.
 Torch-free, like ``longtail.choices``: the command line checks every value before it imports
 torch or touches a run directory, so a bad value answers at once with one line that names the
 option. The dataclasses are what ``run.json`` records (``dataclasses.asdict``) and what a study
-or a resume compares (``config_differences``).
+or a resume compares (``config_differences``; ``training_differences`` leaves out where a session runs).
 
 - ``longtail.config.checks``: integers, numbers and choices within bounds, the command line's sizes,
   size schedules, ``--imbalance`` and ``longtail predict``'s options;
@@ -49,7 +49,9 @@ from longtail.config.train import (
     MAX_FREEZE_BLOCKS,
     MAX_STORE_SIZE,
     MIN_STORE_SIZE,
+    SESSION_FIELDS,
     TrainConfig,
+    training_differences,
 )
 
 __all__ = [
@@ -67,6 +69,7 @@ __all__ = [
     "MIN_STORE_SIZE",
     "PREDICTION_FORMATS",
     "PRESETS",
+    "SESSION_FIELDS",
     "STUDY_FIELDS",
     "TEST_SIZE_MODES",
     "TRAINING_METHODS",
@@ -88,5 +91,6 @@ __all__ = [
     "parse_test_size",
     "size_schedule_span",
     "study_config",
+    "training_differences",
     "validation_choices",
 ]

@@ -28,6 +28,7 @@ from longtail.config.checks import (
     parse_size_schedule,
     size_schedule_span,
 )
+from longtail.config.records import config_differences
 from longtail.errors import LongtailError
 
 # --freeze-blocks: EfficientNet-B0's features[0:K] can be kept fixed, K up to 8 (the stem and the seven
@@ -38,6 +39,9 @@ MAX_FREEZE_BLOCKS = 8
 MIN_STORE_SIZE, MAX_STORE_SIZE = 16, MAX_IMAGE_SIZE
 # The options of a list source that need --train-list, by TrainConfig field.
 LIST_OPTIONS = {"val_list": "--val-list", "test_list": "--test-list", "class_names_file": "--class-names"}
+# The TrainConfig fields that say where and how a session runs, not what it trains: a run resumes,
+# and a study reuses it, whatever they were (run.json records each session's: ``sessions``).
+SESSION_FIELDS = ("device", "compile")
 # The TrainConfig fields the data options set; an option not given leaves the config's default.
 DATA_FIELDS = (
     "imbalance",
@@ -134,6 +138,13 @@ class TrainConfig:
         check_float("drw_start", self.drw_start, 0.0, 1.0)
         check_int("freeze_blocks", self.freeze_blocks, 0, MAX_FREEZE_BLOCKS)
         self._validate_deviations()
+        if self.freeze_blocks and self.weights == "none":
+            raise LongtailError(
+                f"--freeze-blocks {self.freeze_blocks} keeps B0's first {self.freeze_blocks} blocks at their "
+                "pretrained weights, and --weights none has none (the blocks would stay random): pass pretrained "
+                "--weights (imagenet or a file), or --freeze-blocks 0 (also where a `longtail reproduce` preset "
+                "freezes blocks)"
+            )
         if self.freeze_blocks and self.bn == "reestimate":
             raise LongtailError(
                 f"--bn reestimate re-estimates the BatchNorm statistics of the {self.freeze_blocks} blocks "
@@ -256,3 +267,12 @@ class TrainConfig:
     @property
     def epoch_sizes(self) -> list[int]:
         return [self.epoch_size(epoch) for epoch in range(self.epochs)]
+
+
+def training_differences(stored: dict, config: TrainConfig) -> dict[str, tuple]:
+    """``config_differences`` of a recorded stage-1 config and a requested one, but for the
+    ``SESSION_FIELDS`` (the device and ``--compile``), which change nothing that is trained."""
+    differences = config_differences(stored, config)
+    for name in SESSION_FIELDS:
+        differences.pop(name, None)
+    return differences

@@ -2,10 +2,11 @@
 
 Temperatures (``tau``) not given are tuned on the validation split and so, with ``tune``
 (``--tune``), are the focal gamma and the Class-Balanced beta of a loss that has them and was not
-given them: one head per setting of a grid as large as Modified CE's tau grid (``tuning_grid``, of
-the grids in ``longtail.knobs``), all trained side by side (``stage2.fit``), the best on validation
-kept (``choose_setting``; ties: the setting closest to the fixed one). Balanced Softmax has no
-knob: it is logit-adjusted CE at tau = 1.
+given them: one head per setting of a grid (``tuning_grid``, of the grids in ``longtail.knobs``:
+13 values of gamma or of beta, as Modified CE's tau has, and 16 (beta, gamma) pairs for CB-focal),
+all trained side by side (``stage2.fit``), the best on validation kept (``choose_setting``; ties:
+the setting closest to the fixed one). Balanced Softmax has no knob: it is logit-adjusted CE at
+tau = 1.
 """
 
 from __future__ import annotations

@@ -73,11 +73,12 @@ def _finished(run_dir: Path) -> bool:
 
 
 def _run_stage1(run: Stage1Run, overwrite: bool, cache_dir: Path | None, test_priors: Sequence[Prior]) -> dict:
+    """The run's metrics: trained (or resumed, where it was started) unless finished and evaluated."""
     if overwrite or not _finished(run.directory):
         train(
             run.config,
             run.directory,
-            resume=not overwrite,
+            resume=not overwrite and run_status(run.directory) != "empty",
             overwrite=overwrite,
             cache_dir=cache_dir,
             figures=False,

@@ -20,6 +20,7 @@ from longtail.config import (
     TrainConfig,
     config_differences,
     describe_differences,
+    training_differences,
     validation_choices,
 )
 from longtail.errors import LongtailError
@@ -145,7 +146,7 @@ def _check_stage1(run: Stage1Run, data_sha256: str, weights_sha256: str | None) 
         return
     if record.get("kind") != "train" or not isinstance(record.get("config"), dict):
         raise _mismatch(run.directory, {"kind": (record.get("kind"), "train")})
-    differences = config_differences(record["config"], run.config)
+    differences = training_differences(record["config"], run.config)  # device and --compile may change, as in a resume
     recorded_weights = (record.get("weights") or {}).get("sha256")
     for name, recorded, requested in (
         ("data_sha256", record.get("data_sha256"), data_sha256),
