@@ -136,6 +136,13 @@ def restore_stage1_cache(run_dir: Path, stage1_file: Path, stage1_features) -> N
     atomic_torch_save(stage1_file, stage1_features)
 
 
+def stage2_configs(epochs: int, seed: int) -> dict[str, Stage2Config]:
+    """The heads both sides fit: the five study rows at their fixed settings, without the tuned
+    variants ``longtail reproduce`` adds (Modified CE's tau is tuned on validation, as always): a
+    head per value of its tau grid and one for each other loss, at each feature size tried."""
+    return {loss: Stage2Config(loss=loss, epochs=epochs, seed=seed) for loss in STUDY_LOSSES}
+
+
 def naive_stage2(
     stage1_dir: Path, config: Stage2Config, out: Path, runtime: Runtime, cache_dir: Path | None, writing: Stopwatch
 ) -> dict:
@@ -200,7 +207,7 @@ def main(argv: list[str] | None = None) -> dict:
     )
     base.validate()
     reweight = dataclasses.replace(base, strategy="reweight")
-    stage2 = {loss: Stage2Config(loss=loss, epochs=args.stage2_epochs, seed=args.seed) for loss in STUDY_LOSSES}
+    stage2 = stage2_configs(args.stage2_epochs, args.seed)
     for config in stage2.values():
         config.validate()
     runtime = Runtime.create(args.device)
