@@ -43,18 +43,25 @@ def cache_dir(tmp_path, monkeypatch) -> Path:
     return path
 
 
+def shared_file(path: Path, what: str) -> Path:
+    """``path``, a file of ``../shared`` the real-data tests need. Missing, the test is skipped, but
+    under ``CI=true`` (``.ci/run`` sets it) it fails: a CI run never passes without the real data."""
+    if path.is_file():
+        return path
+    missing = f"{what} not found at {path}"
+    if os.environ.get("CI", "").lower() in ("true", "1"):
+        pytest.fail(f"{missing}, and CI=true: CI runs every real-data test; put ../shared beside the checkout")
+    pytest.skip(missing)
+
+
 @pytest.fixture(scope="session")
 def cifar10_npz() -> Path:
-    if not CIFAR10_NPZ.is_file():
-        pytest.skip(f"real CIFAR-10 not found at {CIFAR10_NPZ}")
-    return CIFAR10_NPZ
+    return shared_file(CIFAR10_NPZ, "real CIFAR-10")
 
 
 @pytest.fixture(scope="session")
 def weights_file() -> Path:
-    if not WEIGHTS.is_file():
-        pytest.skip(f"shared weights not found at {WEIGHTS}")
-    return WEIGHTS
+    return shared_file(WEIGHTS, "shared weights")
 
 
 @pytest.fixture(scope="session")

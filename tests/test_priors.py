@@ -254,6 +254,11 @@ def test_a_modified_ce_head_adjusted_to_the_train_prior_scores_at_least_as_well_
     assert served["under_prior"]["train"]["accuracy"] >= plain["under_prior"]["train"]["accuracy"]
     record = read_json(root / "mce-train" / RUN_FILE)["target_prior"]
     assert record["name"] == "train" and record["tau"] in priors.TARGET_TAU_GRID
+    # The adjustment moved the head (tau = 0 would pass the >= above unchanged): a shift was chosen
+    # because it helped on validation, and it changed test predictions.
+    assert record["tau"] > 0 and any(record["shift"])
+    assert record["val_accuracy_by_tau"][str(record["tau"])] > record["val_accuracy_by_tau"]["0.0"]
+    assert served["confusion_matrix"] != plain["confusion_matrix"]
     assert served["target_prior"] == {"name": "train", "tau": record["tau"]} and "target_prior" not in plain
     # The head's own prior: the training prior to the power 1 - tau of its loss (Modified CE).
     counts = np.asarray(served["train_counts"], dtype=float)
