@@ -43,3 +43,21 @@ def test_a_resume_that_changes_the_device_and_a_trained_setting_names_only_the_t
     with pytest.raises(LongtailError, match="lr: recorded 0.0001, requested 0.001") as refused:
         _resume(TrainConfig(), device="cpu", lr=1e-3)
     assert "device" not in str(refused.value)
+
+
+def test_a_study_reuses_a_run_made_on_another_device(tmp_path):
+    # `reproduce` resumes or reuses a run as `train --resume` does: the device and --compile may differ.
+    from longtail.runs import RUN_FILE, atomic_write_json
+    from longtail.study import Stage1Run, check_existing_runs
+
+    config = TrainConfig(data="d.npz", weights="w.pth")
+    recorded = dataclasses.replace(config, device="cpu", compile=True)
+    record = {"kind": "train", "config": dataclasses.asdict(recorded), "data_sha256": "d", "weights": {"sha256": "w"}}
+    atomic_write_json(tmp_path / "baseline" / RUN_FILE, record)
+    plan = [[Stage1Run(tmp_path / "baseline", config)]]
+    check_existing_runs(plan, "d", "w")
+    record["config"]["lr"] = 1e-3
+    atomic_write_json(tmp_path / "baseline" / RUN_FILE, record)
+    with pytest.raises(LongtailError, match="lr: recorded 0.001, requested 0.0001") as refused:
+        check_existing_runs(plan, "d", "w")
+    assert "device" not in str(refused.value)
