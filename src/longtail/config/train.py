@@ -55,6 +55,10 @@ DATA_FIELDS = (
     "class_names_file",
 )
 
+# The TrainConfig fields that say how a run executes, not what it trains: the device and whether the
+# model is compiled. A study reuses a run made with other values of these (``longtail.study.plan``).
+EXECUTION_FIELDS = ("device", "compile")
+
 
 @dataclass
 class TrainConfig:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from longtail.config import (
+    EXECUTION_FIELDS,
     Stage2Config,
     TrainConfig,
     config_differences,
@@ -146,6 +147,8 @@ def _check_stage1(run: Stage1Run, data_sha256: str, weights_sha256: str | None) 
     if record.get("kind") != "train" or not isinstance(record.get("config"), dict):
         raise _mismatch(run.directory, {"kind": (record.get("kind"), "train")})
     differences = config_differences(record["config"], run.config)
+    for name in EXECUTION_FIELDS:  # where and how it ran changes nothing it trained: any device will do
+        differences.pop(name, None)
     recorded_weights = (record.get("weights") or {}).get("sha256")
     for name, recorded, requested in (
         ("data_sha256", record.get("data_sha256"), data_sha256),
