@@ -1,7 +1,8 @@
 """Accuracy of a finished stage-1 run at other input sizes: the evidence behind ``--test-size auto``.
 
-For every size of the grid ``--test-size auto`` searches (1.0x to 1.75x the training size,
-``longtail.resolution.size_grid``), or the sizes given with ``--sizes``:
+For every size of the grid ``--test-size auto`` searches (the training size and up to three 16-px
+steps above it, at most 1.5x: ``longtail.resolution.size_grid``), or the sizes given with ``--sizes``
+(the round-1 evidence was gathered over the earlier 1.0x-1.75x grid):
 - validation and test top-1 of the stage-1 classifier, plain and with flip TTA;
 - for the sizes in ``--stage2-sizes`` (default: the training size and the size the run chose):
   the study's five decoupled heads (``decouple_many``'s configs, fitted side by side by

@@ -162,7 +162,9 @@ def main(argv: list[str] | None = None) -> dict:
     device = runtime.device
     torch.manual_seed(0)
     if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # as longtail's seed_everything does without --deterministic
+        # The ceiling's shapes autotuned (the most cuDNN gives); longtail's paths set their own flags
+        # (longtail.cudnn: its full training batches autotuned, inference not).
+        torch.backends.cudnn.benchmark = True
     dataset = load_dataset(config, pretrained=config.weights != "none", cache_dir=args.cache_dir)
     base_model, info = build_model(dataset.arrays.num_classes, config.weights)
     bn_mode = resolve_bn_mode(config.bn, info)

@@ -131,6 +131,22 @@ def test_restoring_the_stage1_cache_removes_the_files_of_other_sizes(tmp_path):
     assert torch.load(kept) == {"image_size": 48, "test": "as stage 1 left it"}
 
 
+def test_first_step_runs_each_variant_in_a_process_of_its_own_and_says_where_cudnn_is_not_used(capsys):
+    argv = ["--device", "cpu", "--weights", "none", "--image-size", "32", "--batch-size", "8", "--threads", "1"]
+    argv += ["--train-images", "20", "--val-images", "12", "--inference-batch", "8", "--steps", "2", "--epochs", "2"]
+    result = _script("first_step").main([*argv, "--variants", "old", "new", "heuristic", "limit"])
+    out = capsys.readouterr().out
+    assert json.loads(out.strip().splitlines()[-1]) == result
+    assert result["cudnn"] is False and "cuDNN is not used" in out
+    assert list(result["variants"]) == ["old", "new", "heuristic", "limit"]
+    for name, variant in result["variants"].items():
+        assert "error" not in variant, (name, variant)
+        for key in ("first_step_s", "steady_step_s", "partial_step_first_s", "feature_pass_s", "process_s"):
+            assert variant[key] > 0, (name, key)
+        assert set(variant["validation_grid_s"]) == {"32", "48"}  # the test-size grid at 32 px
+        assert variant["training_estimate_s"] >= variant["first_step_s"]
+
+
 def test_gpu_check_script_parses():
     bash = shutil.which("bash")
     if bash is None:

@@ -186,6 +186,25 @@ CASES = [
         lambda p: [str(p["run"] / "stage1"), "not a longtail run directory"],
         subprocess=False,
     ),
+    *(
+        []
+        if torch.cuda.is_available()
+        else [
+            Case(
+                "seed-preset-without-cuda",
+                lambda p: ["reproduce", "--preset", "seed", "--data", str(p["tiny"]), "--out", str(p["out"])],
+                lambda p: ["--preset seed", "no CUDA device", "--device cpu"],
+                subprocess=False,
+            ),
+            Case(
+                "reproduce-device-cuda-without-cuda",
+                lambda p: ["reproduce", "--preset", "smoke", "--device", "cuda", "--data", str(p["tiny"])]
+                + ["--weights", "none", "--out", str(p["out"])],
+                lambda p: ["--device cuda", "no CUDA device"],
+                subprocess=False,
+            ),
+        ]
+    ),
     Case(
         "unreadable-file",
         lambda p: ["data", "--data", str(p["world"] / "locked.npz")],

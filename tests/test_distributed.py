@@ -59,10 +59,14 @@ class Probe(nn.Module):
 
 
 class SimulatedRank(Runtime):
-    """A rank without a process group: the all-reduce of the epoch metrics is left to the test."""
+    """A rank without a process group: the all-reduce of the epoch metrics and the exchange of the
+    epoch's finiteness check are left to the test (each rank sees its own)."""
 
     def all_sum(self, *values: float) -> list[float]:
         return list(values)
+
+    def gather(self, value) -> list:
+        return [value]
 
 
 def _probe_dataset(size: int) -> Dataset:

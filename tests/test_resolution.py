@@ -15,7 +15,7 @@ import torch
 
 from longtail import runs
 from longtail.artifacts import load_trained_model
-from longtail.config import Stage2Config
+from longtail.config import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE, PRESETS, Stage2Config
 from longtail.data import dataset as dataset_module
 from longtail.evaluation import evaluate_run
 from longtail.features import FEATURE_FILES, feature_file, features_and_logits
@@ -23,11 +23,23 @@ from longtail.resolution import choose_size, resolve_test_size, size_grid
 from longtail.runtime import Runtime
 
 
-def test_grid_runs_from_the_training_size_to_one_and_three_quarters_in_16px_steps():
+def test_grid_runs_from_the_training_size_in_16px_steps_up_to_one_and_a_half_times_it_at_most_four_sizes():
     assert size_grid(32) == [32, 48]
-    assert size_grid(48) == [48, 64, 80]
-    assert size_grid(64) == [64, 80, 96, 112]
-    assert size_grid(224)[0] == 224 and size_grid(224)[-1] == 384
+    assert size_grid(48) == [48, 64]
+    assert size_grid(64) == [64, 80, 96]
+    assert size_grid(128) == [128, 144, 160, 176]
+    assert size_grid(224) == [224, 240, 256, 272]
+
+
+def test_grid_stays_near_the_training_size():
+    """At most four sizes, none above 1.5x the training size, for every preset's training size and
+    every size from 32 to 1024 px (issue 28: every recorded grid peaked at or below 1.5x)."""
+    for train_size in sorted({preset.image_size for preset in PRESETS.values()} | set(range(MIN_IMAGE_SIZE, 1025))):
+        grid = size_grid(train_size)
+        assert grid[0] == train_size and grid == sorted(set(grid)), train_size
+        assert 1 <= len(grid) <= 4, train_size
+        assert max(grid) <= 1.5 * train_size and max(grid) <= MAX_IMAGE_SIZE, train_size
+        assert all(b - a == 16 for a, b in zip(grid[:-1], grid[1:], strict=True)), train_size
 
 
 def test_best_validation_accuracy_wins_and_a_tie_goes_to_the_smaller_size():
@@ -36,7 +48,7 @@ def test_best_validation_accuracy_wins_and_a_tie_goes_to_the_smaller_size():
 
 
 def test_test_size_modes():
-    assert resolve_test_size("auto", 64) == ([64, 80, 96, 112], True)
+    assert resolve_test_size("auto", 64) == ([64, 80, 96], True)
     assert resolve_test_size("train", 64) == ([64], False)
     assert resolve_test_size(96, 64) == ([96], False)
 

@@ -2,9 +2,10 @@
 small internal configuration (the ``smoke`` preset with overrides: 32 px, 1 epoch, 200 images in
 the head class) on a subset of the official arrays (250 train images per class: 200 for the long
 tail, 50 for validation; 30 test images per class): every strategy of the study is run,
-aggregated and reported, each loss with a knob beside its variant tuned on validation; a second
-invocation finds everything finished and redoes nothing; an invocation with other settings into
-the same directory is refused before it writes anything.
+aggregated and reported, each loss with a knob beside its variant tuned on validation, and the
+network sees few input shapes; a second invocation finds everything finished, redoes nothing and
+adds its wall time to the study's; one with another --device reuses the runs; an invocation with
+other settings into the same directory is refused before it writes anything.
 """
 
 from __future__ import annotations
@@ -50,10 +51,27 @@ def subset(cifar10_subset) -> Path:
 SMALL = {"image_size": 32, "epochs": 1, "max_per_class": 200, "size_schedule": None}  # tests only: seconds
 
 
-def _reproduce(data: Path, out: Path, cache: Path, **settings) -> subprocess.CompletedProcess:
-    """``longtail.study.reproduce`` in a fresh process (one thread), with the small configuration."""
+# Records the (batch, size) of every input the network's stem convolution (B0's one convolution with
+# three input channels) sees in the process, written to the given file at exit.
+SHAPE_RECORDER = """
+import atexit, json, torch
+shapes = set()
+def _record(module, inputs):
+    if isinstance(module, torch.nn.Conv2d) and module.in_channels == 3:
+        shapes.add((inputs[0].shape[0], inputs[0].shape[-1]))
+torch.nn.modules.module.register_module_forward_pre_hook(_record)
+atexit.register(lambda: open({path!r}, "w").write(json.dumps(sorted(shapes))))
+"""
+
+
+def _reproduce(
+    data: Path, out: Path, cache: Path, shapes: Path | None = None, **settings
+) -> subprocess.CompletedProcess:
+    """``longtail.study.reproduce`` in a fresh process (one thread), with the small configuration;
+    ``shapes``: a file to record the network's input shapes in (``SHAPE_RECORDER``)."""
     call = (
-        "import sys; from pathlib import Path; from longtail.errors import LongtailError\n"
+        (SHAPE_RECORDER.format(path=str(shapes)) if shapes is not None else "")
+        + "import sys; from pathlib import Path; from longtail.errors import LongtailError\n"
         "from longtail.study import reproduce\n"
         "try:\n"
         f"    reproduce(Path({str(out)!r}), preset='smoke', seeds=(0,), data={str(data)!r}, weights={str(WEIGHTS)!r},\n"
@@ -70,9 +88,42 @@ def _reproduce(data: Path, out: Path, cache: Path, **settings) -> subprocess.Com
     )
 
 
-def test_reproduce_runs_the_whole_study_and_resumes_without_redoing_anything(subset, tmp_path):
-    out, cache = tmp_path / "study", tmp_path / "cache"
-    done = _reproduce(subset, out, cache)
+@pytest.fixture(scope="module")
+def first_study(subset, tmp_path_factory) -> dict:
+    """The small study's first invocation, the network's input shapes recorded."""
+    root = tmp_path_factory.mktemp("study")
+    paths = {"out": root / "study", "cache": root / "cache", "shapes": root / "shapes.json"}
+    paths["done"] = _reproduce(subset, paths["out"], paths["cache"], shapes=paths["shapes"])
+    return paths
+
+
+def test_a_smoke_study_feeds_the_network_one_shape_per_training_size_and_batch_and_one_per_inference_size(
+    first_study,
+):
+    """cuDNN autotunes each new input shape (longtail.cudnn): a smoke study meets two training shapes
+    (the full batch and each epoch's last, partial one, at 32 px; the baseline and Reweight share
+    them) and one inference shape per input size (every pass pads its last batch to 256), over the
+    test-size grid (32, 48) and the sizes stage 2 tries (its test size and 16 px either side, none
+    below 32): at most 2 + 3 = 5 shapes. Without the padding every pass's last batch was one more
+    (validation 500 = 256 + 244, test 300 = 256 + 44, train features 256 + the rest) at each size."""
+    assert first_study["done"].returncode == 0, first_study["done"].stderr[-3000:]
+    out = first_study["out"]
+    results = json.loads((out / "results.json").read_text())
+    shapes = {tuple(shape) for shape in json.loads(first_study["shapes"].read_text())}
+    train_images = sum(results["environment"]["train_counts"])
+    training = {(128, 32), (train_images % 128, 32)}
+    tried = set(map(int, results["runs"]["seed0/baseline"]["test_size_grid"]))
+    for name, run in results["runs"].items():
+        if run["kind"] == "decouple":
+            record = runs.read_json(out / name / runs.RUN_FILE)
+            tried |= set(map(int, record["chosen"].get("feature_size_grid", {})))
+    assert tried <= {32, 48, 64} and {32, 48} <= tried
+    assert shapes == training | {(256, size) for size in tried}
+    assert len(shapes) <= 5
+
+
+def test_reproduce_runs_the_whole_study_and_resumes_without_redoing_anything(subset, first_study):
+    out, cache, done = first_study["out"], first_study["cache"], first_study["done"]
     assert done.returncode == 0, done.stderr[-3000:]
 
     results = json.loads((out / "results.json").read_text())
@@ -141,6 +192,20 @@ def test_reproduce_runs_the_whole_study_and_resumes_without_redoing_anything(sub
     assert {path: path.stat().st_mtime_ns for path in stamps} == stamps
     again = json.loads((out / "results.json").read_text())
     assert again["strategies"] == results["strategies"]
+    # The study's wall time sums its invocations (each keeps its record in OUT/invocations/); no GPU here.
+    first, second = results["environment"], again["environment"]
+    assert first["study_wall_seconds"] == pytest.approx(first["wall_seconds_this_invocation"], abs=0.11)
+    assert second["study_wall_seconds"] == pytest.approx(
+        first["study_wall_seconds"] + second["wall_seconds_this_invocation"], abs=0.21
+    )
+    assert len(list((out / "invocations").glob("*.json"))) == 2
+    assert "gpu" not in first and "gpu" not in second
+
+    # Another --device trains nothing differently: the finished runs are reused, not refused.
+    on_cpu = _reproduce(subset, out, cache, device="cpu")
+    assert on_cpu.returncode == 0, on_cpu.stderr[-3000:]
+    assert {path: path.stat().st_mtime_ns for path in stamps} == stamps
+    assert json.loads((out / "results.json").read_text())["strategies"] == results["strategies"]
 
     # Other settings into the same directory: refused, naming the run and the setting, nothing written.
     everything = {path: path.read_bytes() for path in out.rglob("*") if path.is_file() and path.name != ".lock"}

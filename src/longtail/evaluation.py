@@ -54,7 +54,7 @@ def choose_test_size(
     """``(test size, {size: validation accuracy}, validation features at that size)``: the sizes of
     ``--test-size`` scored on the validation split only (``longtail.resolution``)."""
     sizes, choose = resolve_test_size(config.test_size, config.image_size)
-    val_images = dataset.images("val")
+    val_images = dataset.images("val").to(runtime.device)  # one copy for every size
     val_true = dataset.val_labels
     if len(val_true) == 0:
         return sizes[0], {}, None
@@ -101,7 +101,7 @@ def evaluate_run(
         run.update(test_image_size=size, test_size_grid={str(k): v for k, v in grid.items()})
         atomic_write_json(Path(run_dir) / RUN_FILE, run)
     args = (size, dataset.mean, dataset.std, runtime)
-    x_test = dataset.images("test")
+    x_test = dataset.images("test").to(runtime.device)  # one copy for the plain and the mirrored pass
     test_features, logits = features_and_logits(model, x_test, *args)
     test_flip = extract_features(model, x_test, *args, flip=True) if config.tta == "flip" else None
     store_evaluation_features(

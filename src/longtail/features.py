@@ -36,6 +36,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from longtail import cudnn
 from longtail import data as data_module
 from longtail.errors import LongtailError
 from longtail.losses import LDAM_SCALE
@@ -85,18 +86,32 @@ def batched_inference(
 ) -> torch.Tensor:
     """``fn`` of uint8 images (N, H, W, 3) in model-input form, batch by batch, as float32 on the
     CPU; the images are augmented (``random_crop_flip``) when ``generator`` is given and mirrored
-    left-right with ``flip``. ``progress``: a label for a progress bar."""
-    outputs = []
-    starts = range(0, len(images), batch_size)
-    for start in tqdm(starts, desc=progress, disable=progress is None, leave=False, mininterval=1.0):
-        batch = images[start : start + batch_size].to(runtime.device, non_blocking=True)
-        if generator is not None:
-            batch = data_module.random_crop_flip(batch, generator)
-        if flip:
-            batch = batch.flip(2)  # (B, H, W, 3): the width axis
-        with runtime.autocast():
-            outputs.append(fn(data_module.to_model_input(batch, image_size, mean, std)).float().cpu())
-    return torch.cat(outputs) if outputs else torch.empty(0)
+    left-right with ``flip``. ``progress``: a label for a progress bar.
+
+    Under ``longtail.cudnn``'s policy: no autotuning, and one batch shape per pass (a last partial
+    batch padded, its padded rows' outputs dropped). Images in memory go to the device in one copy,
+    and the outputs come back into one (pinned) tensor without waiting on the device batch by
+    batch: one synchronisation per pass."""
+    if isinstance(images, torch.Tensor):
+        images = images.to(runtime.device)
+    total, outputs = len(images), None
+    starts = range(0, total, batch_size)
+    with cudnn.inference():
+        for start in tqdm(starts, desc=progress, disable=progress is None, leave=False, mininterval=1.0):
+            batch = images[start : start + batch_size].to(runtime.device, non_blocking=True)
+            if generator is not None:
+                batch = data_module.random_crop_flip(batch, generator)
+            if flip:
+                batch = batch.flip(2)  # (B, H, W, 3): the width axis
+            inputs = data_module.to_model_input(cudnn.padded(batch, batch_size, total), image_size, mean, std)
+            with runtime.autocast():
+                output = fn(inputs)[: len(batch)].float()
+            if outputs is None:
+                outputs = torch.empty((total, *output.shape[1:]), pin_memory=output.is_cuda)
+            outputs[start : start + len(batch)].copy_(output, non_blocking=True)
+    if runtime.device.type == "cuda":
+        torch.cuda.synchronize(runtime.device)  # the non-blocking copies have landed
+    return outputs if outputs is not None else torch.empty(0)
 
 
 def extract_features(

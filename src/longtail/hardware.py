@@ -21,8 +21,9 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def hardware_description() -> dict:
-    """What ``results.json`` records of the machine (its ``environment``, with the data and weights)."""
+def hardware_description(device: torch.device) -> dict:
+    """What ``results.json`` records of the machine (its ``environment``, with the data and weights):
+    with ``gpu``, the name of the GPU used, only where ``device`` is one."""
     description = {
         "cpu": cpu_name(),
         "cpu_cores": os.cpu_count(),
@@ -30,6 +31,6 @@ def hardware_description() -> dict:
         "torch_threads": torch.get_num_threads(),
         "python": platform.python_version(),
     }
-    if torch.cuda.is_available():
-        description["gpu"] = torch.cuda.get_device_name(0)
+    if device.type == "cuda":
+        description["gpu"] = torch.cuda.get_device_name(device)
     return description

@@ -22,6 +22,22 @@ from longtail.errors import LongtailError
 T = TypeVar("T")
 
 
+def device_of(device: str, gpu_job: str | None = None) -> torch.device:
+    """The device ``--device`` names: ``auto`` is cuda where there is one, else cpu; cuda without a
+    CUDA device is an error. ``gpu_job``: a job meant for a GPU, said as what it is and would take on
+    a CPU (``config.presets.gpu_job``): without CUDA, only ``--device cpu`` runs it (``auto`` is refused)."""
+    if device == "auto" and not torch.cuda.is_available() and gpu_job is not None:
+        raise LongtailError(
+            f"{gpu_job}, and this machine has no CUDA device: run it where there is one, or pass --device cpu to "
+            "run it here anyway"
+        )
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise LongtailError("--device cuda asked for, but no CUDA device is available")
+    return torch.device(device)
+
+
 @dataclass
 class Runtime:
     """Device and process group of this process."""
@@ -36,10 +52,7 @@ class Runtime:
 
     @classmethod
     def create(cls, device: str = "auto") -> Runtime:
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        if device == "cuda" and not torch.cuda.is_available():
-            raise LongtailError("--device cuda asked for, but no CUDA device is available")
+        device = device_of(device).type
         world_size = int(os.environ.get("WORLD_SIZE", "1"))
         if world_size == 1:
             return cls(torch.device(device))
@@ -140,7 +153,5 @@ def seed_everything(seed: int, deterministic: bool, rank: int = 0) -> None:
     torch.manual_seed(seed)
     if deterministic:
         torch.use_deterministic_algorithms(True, warn_only=False)
-        torch.backends.cudnn.benchmark = False
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    elif torch.cuda.is_available():
-        torch.backends.cudnn.benchmark = True
+    torch.backends.cudnn.benchmark = False  # cuDNN autotunes only where longtail.cudnn says

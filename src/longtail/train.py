@@ -17,11 +17,11 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 from tqdm import tqdm
 
+from longtail import cudnn
 from longtail.checkpoint import TrainingState, checkpoint_dict, read_checkpoint, restore_checkpoint, rng_state
 from longtail.config import TrainConfig
 from longtail.data import Dataset, batches, load_dataset, load_source, random_crop_flip, sha256_file, to_model_input
@@ -79,14 +79,55 @@ class EpochStats:
     image_size: int
 
 
-def _check_finite(loss_value: float, epoch: int, step: int, runtime: Runtime) -> None:
-    """Stop at a NaN or infinite loss, on every rank together (the others would wait in backward)."""
-    finite = bool(np.isfinite(loss_value))
-    if runtime.world_size > 1:
-        finite = runtime.all_sum(float(not finite))[0] == 0
-    if not finite:
+@dataclass
+class _Tally:
+    """What an epoch's steps add up to, kept on the device so that adding a step never waits for it
+    (no ``.item()`` per step): the loss summed over the images seen (float64, as the Python float
+    it replaces), the correct predictions, and the first step whose loss was not finite (-1: none)
+    with that loss. ``seen`` counts on the host: batch sizes are known there."""
+
+    loss_sum: torch.Tensor
+    correct: torch.Tensor
+    bad_step: torch.Tensor
+    bad_loss: torch.Tensor
+    seen: int = 0
+
+    @classmethod
+    def on(cls, device: torch.device) -> _Tally:
+        def zero(dtype):
+            return torch.zeros((), dtype=dtype, device=device)
+
+        return cls(zero(torch.float64), zero(torch.int64), zero(torch.int64) - 1, zero(torch.float32))
+
+    def add(self, step: int, loss: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor) -> None:
+        loss = loss.detach()
+        self.seen += len(targets)
+        self.loss_sum += loss.double() * len(targets)
+        self.correct += (logits.argmax(1) == targets).sum()
+        first_bad = ~torch.isfinite(loss) & (self.bad_step < 0)
+        self.bad_step = torch.where(first_bad, step, self.bad_step)
+        self.bad_loss = torch.where(first_bad, loss.float(), self.bad_loss)
+
+    def postfix(self, seconds: float, world_size: int) -> dict:
+        """The progress bar's numbers (this waits for the device: called at the bar's refresh
+        interval only)."""
+        return {
+            "loss": f"{self.loss_sum.item() / self.seen:.3f}",
+            "acc": f"{self.correct.item() / self.seen:.3f}",
+            "img_s": f"{self.seen * world_size / seconds:.0f}",
+        }
+
+
+def _check_finite(tally: _Tally, epoch: int, runtime: Runtime) -> None:
+    """Stop, on every rank together, when a step's loss was NaN or infinite on any rank: checked once,
+    at the epoch's end (before its checkpoint is written, so no checkpoint holds what followed), and
+    naming the first such step. One exchange between ranks per epoch, none per step."""
+    reports = runtime.gather((int(tally.bad_step), float(tally.bad_loss)))
+    bad = [(step, loss) for step, loss in reports if step >= 0]
+    if bad:
+        step, loss = min(bad, key=lambda report: report[0])
         raise LongtailError(
-            f"loss became {loss_value} at epoch {epoch + 1}, step {step + 1}; stopped with the last "
+            f"loss became {loss} at epoch {epoch + 1}, step {step + 1}; stopped with the last "
             "good checkpoint kept (a run resumes only with its own settings: start it again with a lower "
             "--lr and --overwrite, or into another --out)"
         )
@@ -146,18 +187,20 @@ def train_one_epoch(
     max_steps: int | None = None,
 ) -> EpochStats:
     """One pass over this process's share of the epoch's sampled order (its first ``max_steps``
-    steps if given), at the epoch's image size (``config.epoch_size``)."""
+    steps if given), at the epoch's image size (``config.epoch_size``). The host never waits for the
+    device within the epoch (the epoch's order goes to the device once; losses, accuracy and the
+    finiteness check add up there) but at the progress bar's refresh interval."""
     loss_fn = epoch_loss(config, dataset.split.train_counts, state.epoch)
     order, steps = _epoch_order(state, config, dataset, bn_mode, runtime, max_steps)
+    order = order.to(labels.device)  # images and labels live on the run's device
     augment_generator = epoch_generator(config.seed, state.epoch, stream=1 + runtime.rank, device=images.device)
     mixing, mixing_draws = config.mixing, mixing_generator(config.seed, state.epoch, runtime.rank)
     per_rank_batch = config.batch_size // runtime.world_size
     global_batch, total = per_rank_batch * runtime.world_size, len(dataset.train_labels)
     image_size = config.epoch_size(state.epoch)
     set_train_mode(train_model, bn_mode, config.freeze_blocks)
-    started = time.perf_counter()
-    seen = correct = 0
-    loss_sum = 0.0
+    started = shown = time.perf_counter()
+    tally = _Tally.on(labels.device)
     progress = tqdm(
         batches(order, per_rank_batch),
         total=steps,
@@ -167,28 +210,23 @@ def train_one_epoch(
         leave=False,
     )
     for step, positions in enumerate(progress):
-        batch = images[positions.to(images.device)]
+        batch = images[positions]
         if config.augment:
             batch = random_crop_flip(batch, augment_generator)
-        targets = labels[positions.to(labels.device)]
+        targets = labels[positions]
         inputs = to_model_input(batch, image_size, dataset.mean, dataset.std)
         mixed = MIXINGS[mixing[0]](inputs, mixing[1], mixing_draws) if mixing else None
         share = len(targets) * runtime.world_size / min(global_batch, total - step * global_batch)
-        loss, logits = _step(state, train_model, loss_fn, inputs, targets, mixed, share, runtime)
-        loss_value = loss.item()
-        _check_finite(loss_value, state.epoch, step, runtime)
-        seen += len(targets)
-        loss_sum += loss_value * len(targets)
-        correct += int((logits.argmax(1) == targets).sum())
-        progress.set_postfix(
-            loss=f"{loss_sum / seen:.3f}",
-            acc=f"{correct / seen:.3f}",
-            img_s=f"{seen * runtime.world_size / (time.perf_counter() - started):.0f}",
-            refresh=False,
-        )
+        with cudnn.training_step(full=len(targets) == per_rank_batch):
+            loss, logits = _step(state, train_model, loss_fn, inputs, targets, mixed, share, runtime)
+        tally.add(step, loss, logits, targets)
+        if not progress.disable and time.perf_counter() - shown >= progress.mininterval:
+            shown = time.perf_counter()
+            progress.set_postfix(tally.postfix(shown - started, runtime.world_size), refresh=False)
     progress.close()
+    _check_finite(tally, state.epoch, runtime)
     seconds = time.perf_counter() - started
-    total_seen, total_correct, total_loss = runtime.all_sum(seen, correct, loss_sum)
+    total_seen, total_correct, total_loss = runtime.all_sum(tally.seen, tally.correct.item(), tally.loss_sum.item())
     return EpochStats(total_loss / total_seen, total_correct / total_seen, total_seen / seconds, seconds, image_size)
 
 
@@ -254,10 +292,11 @@ def _reestimate_bn(model: nn.Module, images: torch.Tensor, config: TrainConfig, 
 
 
 def _wrapped(model: nn.Module, config: TrainConfig, runtime: Runtime) -> nn.Module:
-    """The module the steps run: DDP across processes, compiled with ``--compile``."""
+    """The module the steps run: DDP across processes, compiled with ``--compile`` (one static graph
+    per batch shape: the full batch and an epoch's last, never a graph of dynamic shapes)."""
     if runtime.world_size > 1:
         model = nn.parallel.DistributedDataParallel(model)
-    return torch.compile(model) if config.compile else model
+    return torch.compile(model, dynamic=False) if config.compile else model
 
 
 def _evaluated_model(state: TrainingState) -> nn.Module:
@@ -265,11 +304,14 @@ def _evaluated_model(state: TrainingState) -> nn.Module:
     return state.ema.module if state.ema is not None else state.model
 
 
-def _validate(state: TrainingState, dataset: Dataset, image_size: int, runtime: Runtime) -> tuple[float, tuple]:
-    """``(validation accuracy, (image size, validation features))`` of the current weights; the
-    features are reused by the evaluation when these are the final weights."""
+def _validate(
+    state: TrainingState, dataset: Dataset, val_images: torch.Tensor, image_size: int, runtime: Runtime
+) -> tuple[float, tuple]:
+    """``(validation accuracy, (image size, validation features))`` of the current weights on
+    ``val_images`` (already on the device); the features are reused by the evaluation when these are
+    the final weights."""
     features, logits = features_and_logits(
-        _evaluated_model(state), dataset.images("val"), image_size, dataset.mean, dataset.std, runtime
+        _evaluated_model(state), val_images, image_size, dataset.mean, dataset.std, runtime
     )
     return top1_accuracy(logits, dataset.val_labels), (image_size, features)
 
@@ -342,13 +384,14 @@ def _train_epochs(
     """The epochs left, each validated, logged and checkpointed; ``data``: (images, labels, dataset).
     Returns the last epoch's (size, validation features), which the evaluation reuses."""
     images, labels, dataset = data
+    val_images = dataset.images("val").to(runtime.device)  # once, not once per epoch
     val_features = None
     while state.epoch < config.epochs:
         stats = train_one_epoch(state, train_model, config, images, labels, dataset, bn_mode, runtime)
         state.epoch += 1
         record = {"epoch": state.epoch, **dataclasses.asdict(stats), "lr": state.optimizer.param_groups[0]["lr"]}
         if len(dataset.val_labels) and runtime.is_main:  # the other ranks wait at the barrier below
-            record["val_accuracy"], val_features = _validate(state, dataset, stats.image_size, runtime)
+            record["val_accuracy"], val_features = _validate(state, dataset, val_images, stats.image_size, runtime)
         state.history.append(record)
         rng_states = runtime.gather(rng_state())
         if runtime.is_main:

@@ -17,6 +17,7 @@ from longtail.config import (
     TrainConfig,
     check_int,
     check_prediction_options,
+    gpu_job,
     size_schedule_span,
     study_config,
 )
@@ -145,6 +146,11 @@ def _command_reproduce(args) -> None:
     study_config(args.preset, data=args.data, weights=weights, imbalance=imbalance, given={**settings, **data_settings})
     for seed in args.seeds:
         check_int("seeds", seed, 0, MAX_SEED)
+    from longtail.runtime import device_of
+
+    # A preset meant for a GPU is refused here already, before the study imports matplotlib (which writes
+    # its settings under HOME): nothing written.
+    device_of(settings.get("device", TrainConfig.device), gpu_job(args.preset))
     from longtail.study import reproduce
 
     results = reproduce(

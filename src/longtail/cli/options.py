@@ -199,7 +199,8 @@ def add_train_options(parser: argparse.ArgumentParser) -> None:
         "--test-size",
         type=parse_test_size,
         help="input size of the test metrics and stage-2 features: auto (chosen on the validation split, "
-        "1.0x-1.75x the training size), train (the training size) or a number of pixels "
+        "the training size and up to three 16-px steps above it, at most 1.5x), train (the training size) or a "
+        "number of pixels "
         f"({stated_default(TrainConfig, 'test_size')})",
     )
     parser.add_argument(
@@ -270,13 +271,21 @@ def add_train_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--deterministic", action="store_true", default=None, help="bit-for-bit repeatable (slower; default off)"
     )
+    add_device_options(parser)
+
+
+def add_device_options(parser: argparse.ArgumentParser) -> None:
+    """Where the training runs and whether its model is compiled (``train`` and ``reproduce``): how a
+    run executes, not what it trains (``config.SESSION_FIELDS``)."""
     parser.add_argument(
         "--device",
         choices=DEVICES,
         metavar="DEVICE",
         help=f"%(choices)s; auto is cuda where there is one, else cpu ({stated_default(TrainConfig, 'device')})",
     )
-    parser.add_argument("--compile", action="store_true", default=None, help="torch.compile the model (default off)")
+    parser.add_argument(
+        "--compile", action="store_true", default=None, help="torch.compile the training step's model (default off)"
+    )
 
 
 def add_test_priors_option(parser: argparse.ArgumentParser) -> None:

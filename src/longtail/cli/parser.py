@@ -13,6 +13,7 @@ from longtail.choices import DECAY_READINGS, LR_SCHEDULES, SAMPLERS, STAGE2_LOSS
 from longtail.cli.options import (
     add_data_options,
     add_deviation_options,
+    add_device_options,
     add_target_prior_option,
     add_test_priors_option,
     add_train_options,
@@ -207,6 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"B0's features[0:K] kept fixed, 0-{MAX_FREEZE_BLOCKS} (default: the preset's)",
     )
     add_deviation_options(reproduce, "default: the preset's")
+    add_device_options(reproduce)
     add_test_priors_option(reproduce)
     reproduce.add_argument(
         "--out", type=Path, required=True, help="the study's directory: its runs, results.md and report.html (required)"

@@ -35,7 +35,15 @@ from longtail.config.checks import (
     parse_test_size,
     size_schedule_span,
 )
-from longtail.config.presets import DEFAULT_PRESET, DEFAULT_SEEDS, PRESETS, STUDY_FIELDS, Preset, study_config
+from longtail.config.presets import (
+    DEFAULT_PRESET,
+    DEFAULT_SEEDS,
+    PRESETS,
+    STUDY_FIELDS,
+    Preset,
+    gpu_job,
+    study_config,
+)
 from longtail.config.records import config_differences, describe_differences, from_record
 from longtail.config.stage2 import (
     TRAINING_METHODS,
@@ -84,6 +92,7 @@ __all__ = [
     "config_differences",
     "describe_differences",
     "from_record",
+    "gpu_job",
     "option_name",
     "parse_feature_size",
     "parse_imbalance",

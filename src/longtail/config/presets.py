@@ -19,13 +19,21 @@ class Preset:
     reason: str
     lr_schedule: str = "constant"
     freeze_blocks: int = 0
+    # A preset meant for a GPU: what it would take on 2 CPU cores. On a machine without CUDA it runs
+    # only where --device cpu asks for it (``longtail.study``).
+    cpu_estimate: str | None = None
 
 
 PRESETS = {
     # The study's recipe: pretrained B0 at 224 px, 30 epochs, constant lr; the test size is the
     # training size unless validation says otherwise. About 25 min per epoch on 2 CPU cores, so it
     # is meant for a GPU.
-    "seed": Preset(224, 30, "the study's recipe: 224 px, 30 epochs (GPU)"),
+    "seed": Preset(
+        224,
+        30,
+        "the study's recipe: 224 px, 30 epochs (GPU)",
+        cpu_estimate="two stage-1 runs of 30 epochs at 224 px: about 25 hours on 2 CPU cores",
+    ),
     # The configuration whose whole study (baseline + Reweight stage-1 runs, features, all
     # stage-2 heads, evaluation) is meant to fit about an hour on the slower of our 2-core machines
     # with the best validation accuracy we measured: 128 px for 8 epochs with EfficientNet-B0's
@@ -70,7 +78,16 @@ STUDY_FIELDS = (
     "ema_decay",
     "mixup",
     "cutmix",
+    "device",
+    "compile",
 )
+
+
+def gpu_job(preset: str) -> str | None:
+    """What a preset meant for a GPU is and would take on a CPU (``longtail.runtime.device_of``
+    refuses it on a machine without CUDA unless --device cpu asks for it); None for the others."""
+    estimate = PRESETS[preset].cpu_estimate
+    return None if estimate is None else f"--preset {preset} is meant for a GPU ({estimate})"
 
 
 def study_config(preset: str, *, data, weights: str, imbalance: float | str, given: dict) -> TrainConfig:

@@ -4,6 +4,7 @@ airbench), never image by image in Python.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator, Sequence
 
 import torch
@@ -24,6 +25,18 @@ def random_crop_flip(images: torch.Tensor, generator: torch.Generator, padding: 
     return padded[torch.arange(batch, device=images.device)[:, None, None], rows, cols]
 
 
+@functools.cache
+def _normalisation(mean: tuple[float, ...], std: tuple[float, ...], device: torch.device) -> tuple:
+    """``(scale, shift)`` per channel, ``(x / 255 - mean) / std == x * scale + shift``, made once per
+    normalisation and device: a tensor made from Python numbers on a GPU is a host-to-device copy
+    the host waits for, which once per batch stalls the pipeline. Ordinary tensors (not inference
+    tensors), whichever mode first asks for them, as training uses them too."""
+    with torch.inference_mode(False):
+        scale = torch.tensor([1 / (255 * s) for s in std], device=device)
+        shift = torch.tensor([-m / s for m, s in zip(mean, std, strict=True)], device=device)
+    return scale, shift
+
+
 def to_model_input(images: torch.Tensor, image_size: int, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
     """uint8 (B, H, W, 3) -> normalised float (B, 3, S, S), bilinearly resized, channels_last.
 
@@ -31,8 +44,7 @@ def to_model_input(images: torch.Tensor, image_size: int, mean: Sequence[float],
     and the channel permutation of that layout already is channels_last: the float conversion is
     the only copy at 32 px.
     """
-    scale = torch.tensor([1 / (255 * s) for s in std], device=images.device)
-    shift = torch.tensor([-m / s for m, s in zip(mean, std, strict=True)], device=images.device)
+    scale, shift = _normalisation(tuple(mean), tuple(std), images.device)
     x = images.float().mul_(scale).add_(shift).permute(0, 3, 1, 2)
     if x.shape[-1] != image_size or x.shape[-2] != image_size:
         x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", align_corners=False)

@@ -14,12 +14,15 @@ learning rate), reported beside its row as ``strategies.<row>.tuned``. Modified 
 its own row, so its ``tuned`` is the row itself; Balanced Softmax has no knob.
 
 - ``longtail.study.plan``: the runs of each seed, in order, and every conflict found before any training;
-- ``longtail.study.results``: ``results.json``, the seeds' metrics aggregated.
+- ``longtail.study.results``: ``results.json``, the seeds' metrics aggregated;
+- ``longtail.study.walltime``: how long the study has been worked on, over all its invocations.
 
-``reproduce`` reads as its steps: the settings, the plan (``plan_study``), every conflict checked
-before any training (``check_plan``, ``check_existing_runs``), the seeds run (``_run_seeds``), the
-results written (``study_results``, then ``render_study``). The public names of both submodules are
-importable from ``longtail.study``.
+``reproduce`` reads as its steps: the settings and the device (``--preset seed``, meant for a GPU, is
+refused on a machine without CUDA unless ``--device cpu`` asks for it), the plan (``plan_study``),
+every conflict checked before any training (``check_plan``, ``check_existing_runs``), the seeds run
+(``_run_seeds``) while this invocation's wall time is recorded, the results written
+(``study_results``, then ``render_study``). The public names of the submodules are importable from
+``longtail.study``.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from longtail.config import study_config
+from longtail.config import gpu_job, study_config
 from longtail.data import load_source
 from longtail.decouple import decouple_many
 from longtail.errors import LongtailError
@@ -36,6 +39,7 @@ from longtail.models import build_model
 from longtail.priors import DEFAULT_TEST_PRIORS, Prior, check_classes, with_test_priors
 from longtail.report import render_study
 from longtail.runs import RunLock, atomic_write_json, read_json, run_status
+from longtail.runtime import device_of
 from longtail.study.plan import (
     EXTRA_STAGE1,
     EXTRA_STAGE2,
@@ -49,6 +53,7 @@ from longtail.study.plan import (
     stage2_groups,
 )
 from longtail.study.results import study_results
+from longtail.study.walltime import Invocation, study_wall_seconds
 from longtail.train import train
 
 __all__ = [
@@ -56,6 +61,7 @@ __all__ = [
     "EXTRA_STAGE2",
     "STUDY_LOSSES",
     "TUNED_SUFFIX",
+    "Invocation",
     "Stage1Run",
     "Stage2Group",
     "check_existing_runs",
@@ -64,6 +70,7 @@ __all__ = [
     "reproduce",
     "stage2_groups",
     "study_results",
+    "study_wall_seconds",
 ]
 
 
@@ -155,11 +162,14 @@ def reproduce(
     otherwise nothing is written and the error says what differs (``overwrite`` retrains
     everything). Every strategy is also reported under each of ``test_priors``
     (``longtail.priors``): evaluation only, so a finished run is reused whatever priors it was
-    evaluated under.
+    evaluated under. A run is reused whatever device it was trained on (``config.SESSION_FIELDS``);
+    a preset meant for a GPU needs ``device="cpu"`` on a machine without CUDA. ``results.json``'s
+    environment gives this invocation's wall time and the whole study's (``longtail.study.walltime``).
     """
-    seeds = tuple(seeds)
+    seeds, started = tuple(seeds), time.time()
     base, given = _study_settings(preset, seeds, overrides, data=data, weights=weights, imbalance=imbalance)
-    out, started = Path(out), time.perf_counter()
+    device = device_of(base.device, gpu_job(preset))  # --preset seed needs CUDA or --device cpu
+    out = Path(out)
     plan = plan_study(base, seeds, extras, out)
     check_plan(plan, base)
     # Bad data or weights fail here, before anything is written.
@@ -168,12 +178,14 @@ def reproduce(
     _, weights_info = build_model(arrays.num_classes, weights)
     if not overwrite:
         check_existing_runs(plan, arrays.fingerprint, weights_info.sha256)
-    per_seed = _run_seeds(plan, seeds, out, overwrite, cache_dir, test_priors)
-    # The study's own lock only for writing its results (seconds): seed processes that finish
-    # together take turns instead of the later one failing after all its training.
-    with RunLock(out, wait=True):
-        study = dict(preset=preset, given=given, seeds=seeds, extras=extras, started=started, test_priors=test_priors)
-        results = study_results(out, base, plan, per_seed, study)
-        atomic_write_json(out / "results.json", results)
-        render_study(results, out, environment=results["environment"])
+    with Invocation(out, started) as invocation:  # this invocation's wall time from `started`, in OUT/invocations/
+        per_seed = _run_seeds(plan, seeds, out, overwrite, cache_dir, test_priors)
+        # The study's own lock only for writing its results (seconds): seed processes that finish
+        # together take turns instead of the later one failing after all its training.
+        with RunLock(out, wait=True):
+            wall = {"wall_seconds_this_invocation": invocation.finish(), "study_wall_seconds": study_wall_seconds(out)}
+            study = dict(preset=preset, given=given, seeds=seeds, extras=extras, test_priors=test_priors)
+            results = study_results(out, base, plan, per_seed, {**study, "wall": wall, "device": device})
+            atomic_write_json(out / "results.json", results)
+            render_study(results, out, environment=results["environment"])
     return results

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import time
 from pathlib import Path
 
 from longtail.artifacts import run_test_size
@@ -101,7 +100,9 @@ def _stage2_settings(groups: list[Stage2Group], out: Path, seed: int) -> dict:
     return settings
 
 
-def _environment(out: Path, seed: int, started: float) -> dict:
+def _environment(out: Path, seed: int, study: dict) -> dict:
+    """The data, weights and machine of the study, with its wall times (``longtail.study.walltime``):
+    this invocation's, and the whole study's over every invocation; ``gpu`` where it trained on one."""
     baseline_run = read_json(out / f"seed{seed}" / "baseline" / RUN_FILE)
     return {
         "data_source": baseline_run["data_source"],
@@ -110,8 +111,8 @@ def _environment(out: Path, seed: int, started: float) -> dict:
         "weights_sha256": baseline_run["weights"]["sha256"],
         "bn_mode": baseline_run["bn_mode"],
         "train_counts": baseline_run["train_counts"],
-        **hardware_description(),
-        "wall_seconds_this_invocation": round(time.perf_counter() - started, 1),
+        **hardware_description(study["device"]),
+        **{name: round(seconds, 1) for name, seconds in study["wall"].items()},
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     }
 
@@ -138,5 +139,5 @@ def study_results(out: Path, base: TrainConfig, plan: list[list], per_seed: list
     results["runs"] = {
         f"seed{seed}/{name}": _run_summary(out / f"seed{seed}" / name, out) for seed in seeds for name in per_seed[0]
     }
-    results["environment"] = _environment(out, seeds[0], study["started"])
+    results["environment"] = _environment(out, seeds[0], study)
     return results
