@@ -14,7 +14,6 @@ import os
 import time
 from collections.abc import Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -25,7 +24,6 @@ from longtail import cudnn
 from longtail.checkpoint import TrainingState, checkpoint_dict, read_checkpoint, restore_checkpoint, rng_state
 from longtail.config import TrainConfig
 from longtail.data import Dataset, batches, load_dataset, load_source, random_crop_flip, sha256_file, to_model_input
-from longtail.errors import LongtailError
 from longtail.evaluation import evaluate_run
 from longtail.features import features_and_logits
 from longtail.metrics import top1_accuracy
@@ -52,6 +50,7 @@ from longtail.runs import (
 from longtail.runtime import Runtime, check_distributed, seed_everything
 from longtail.samplers import epoch_generator, epoch_order
 from longtail.strategies import epoch_loss, strategy_of, uses_cosine_head
+from longtail.tally import EpochStats, Tally, check_finite
 
 __all__ = ["TrainConfig", "train"]  # TrainConfig lives in longtail.config
 # ---------------------------------------------------------------- stage 1
@@ -68,69 +67,6 @@ def steps_per_epoch(total: int, config: TrainConfig, bn_mode: str, world_size: i
     if bn_mode != "frozen" and steps > 1 and (total - (steps - 1) * global_batch) // world_size == 1:
         steps -= 1
     return steps
-
-
-@dataclass
-class EpochStats:
-    loss: float
-    accuracy: float
-    images_per_second: float
-    seconds: float
-    image_size: int
-
-
-@dataclass
-class _Tally:
-    """What an epoch's steps add up to, kept on the device so that adding a step never waits for it
-    (no ``.item()`` per step): the loss summed over the images seen (float64, as the Python float
-    it replaces), the correct predictions, and the first step whose loss was not finite (-1: none)
-    with that loss. ``seen`` counts on the host: batch sizes are known there."""
-
-    loss_sum: torch.Tensor
-    correct: torch.Tensor
-    bad_step: torch.Tensor
-    bad_loss: torch.Tensor
-    seen: int = 0
-
-    @classmethod
-    def on(cls, device: torch.device) -> _Tally:
-        def zero(dtype):
-            return torch.zeros((), dtype=dtype, device=device)
-
-        return cls(zero(torch.float64), zero(torch.int64), zero(torch.int64) - 1, zero(torch.float32))
-
-    def add(self, step: int, loss: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor) -> None:
-        loss = loss.detach()
-        self.seen += len(targets)
-        self.loss_sum += loss.double() * len(targets)
-        self.correct += (logits.argmax(1) == targets).sum()
-        first_bad = ~torch.isfinite(loss) & (self.bad_step < 0)
-        self.bad_step = torch.where(first_bad, step, self.bad_step)
-        self.bad_loss = torch.where(first_bad, loss.float(), self.bad_loss)
-
-    def postfix(self, seconds: float, world_size: int) -> dict:
-        """The progress bar's numbers (this waits for the device: called at the bar's refresh
-        interval only)."""
-        return {
-            "loss": f"{self.loss_sum.item() / self.seen:.3f}",
-            "acc": f"{self.correct.item() / self.seen:.3f}",
-            "img_s": f"{self.seen * world_size / seconds:.0f}",
-        }
-
-
-def _check_finite(tally: _Tally, epoch: int, runtime: Runtime) -> None:
-    """Stop, on every rank together, when a step's loss was NaN or infinite on any rank: checked once,
-    at the epoch's end (before its checkpoint is written, so no checkpoint holds what followed), and
-    naming the first such step. One exchange between ranks per epoch, none per step."""
-    reports = runtime.gather((int(tally.bad_step), float(tally.bad_loss)))
-    bad = [(step, loss) for step, loss in reports if step >= 0]
-    if bad:
-        step, loss = min(bad, key=lambda report: report[0])
-        raise LongtailError(
-            f"loss became {loss} at epoch {epoch + 1}, step {step + 1}; stopped with the last "
-            "good checkpoint kept (a run resumes only with its own settings: start it again with a lower "
-            "--lr and --overwrite, or into another --out)"
-        )
 
 
 def _epoch_order(
@@ -200,7 +136,7 @@ def train_one_epoch(
     image_size = config.epoch_size(state.epoch)
     set_train_mode(train_model, bn_mode, config.freeze_blocks)
     started = shown = time.perf_counter()
-    tally = _Tally.on(labels.device)
+    tally = Tally.on(labels.device)
     progress = tqdm(
         batches(order, per_rank_batch),
         total=steps,
@@ -224,7 +160,7 @@ def train_one_epoch(
             shown = time.perf_counter()
             progress.set_postfix(tally.postfix(shown - started, runtime.world_size), refresh=False)
     progress.close()
-    _check_finite(tally, state.epoch, runtime)
+    check_finite(tally, state.epoch, runtime)
     seconds = time.perf_counter() - started
     total_seen, total_correct, total_loss = runtime.all_sum(tally.seen, tally.correct.item(), tally.loss_sum.item())
     return EpochStats(total_loss / total_seen, total_correct / total_seen, total_seen / seconds, seconds, image_size)
