@@ -217,7 +217,7 @@ def _first_replaced(text_of):
     return edit
 
 
-def _unreadable(line: str, tmp_path: Path) -> str:
+def unreadable_error(line: str, tmp_path: Path) -> str:
     broken = tmp_path / "broken.JPEG"
     broken.write_text("not a JPEG")
     return f"{broken} {line.split()[1]}"
@@ -239,7 +239,7 @@ BAD_LISTS = {  # (the list edited, the edit, what the error says)
         _first_replaced(lambda line, _: line.replace(".JPEG", "-absent.JPEG")),
         "1 listed image file does not exist",
     ),
-    "an unreadable image": ("train", _first_replaced(_unreadable), "not a readable image"),
+    "an unreadable image": ("train", _first_replaced(unreadable_error), "not a readable image"),
     "a test class absent from training": ("test", _first_replaced(lambda line, _: line.split()[0] + " 99"), "label 99"),
     "a validation class absent from training": (
         "val",

@@ -303,7 +303,7 @@ def test_flip_tta_rows_stand_apart_from_the_study_rows(tmp_path):
     markdown = (tmp_path / "results.md").read_text(encoding="utf-8")
     plain, tta = markdown.split("## With flip test-time augmentation")
     assert _md_row(plain, "baseline")[2].startswith(
-        report_tables._pct(results["strategies"]["baseline"]["mean"]["accuracy"])
+        report_tables.percent(results["strategies"]["baseline"]["mean"]["accuracy"])
     )
     assert _md_row(tta, "baseline")[2].startswith("50.00")
 
@@ -520,7 +520,7 @@ def test_the_report_shows_top1_under_each_test_prior_and_says_which_strategy_win
     assert best["uniform"] == best["backward-50"] == "decoupled-modified-ce"
     verdict = report.prior_verdict(strategies)
     assert verdict.startswith("The best strategy depends on the prior it is deployed to (mean top-1 over 2 seeds)")
-    baseline_train = report_tables._pct(strategies["baseline"]["under_prior"]["train"]["accuracy"])
+    baseline_train = report_tables.percent(strategies["baseline"]["under_prior"]["train"]["accuracy"])
     assert f"under the training prior, baseline ({baseline_train}%)" in verdict
     assert "decoupled-modified-ce (" in verdict and "to backward-50" in verdict
     # The table: top-1 beside top-1 under train, uniform and backward-10, mean ± sample std.
@@ -531,7 +531,7 @@ def test_the_report_shows_top1_under_each_test_prior_and_says_which_strategy_win
                               "Under backward-10 (mean ± std)"]  # fmt: skip
     rows = {row[0]: row for row in section[1:]}
     entry = strategies["reweight"]["under_prior"]["backward-10"]
-    assert rows["reweight"][4] == f"{report_tables._pct(entry['accuracy'])} ± {report_tables._pct(entry['std'])}"
+    assert rows["reweight"][4] == f"{report_tables.percent(entry['accuracy'])} ± {report_tables.percent(entry['std'])}"
     assert entry["std"] == pytest.approx(np.std(entry["accuracy_by_seed"], ddof=1))
     assert rows["baseline"][1] == report_tables._mean_std(strategies["baseline"], "accuracy")
     assert verdict in markdown and "figures/prior_accuracy.png" in markdown
@@ -570,7 +570,7 @@ def test_strategies_equal_under_a_prior_are_named_together():
     results = _deployment_results()
     strategies = {**results["strategies"], "baseline again": results["strategies"]["baseline"]}
     verdict = report.prior_verdict(strategies)
-    train = report_tables._pct(strategies["baseline"]["under_prior"]["train"]["accuracy"])
+    train = report_tables.percent(strategies["baseline"]["under_prior"]["train"]["accuracy"])
     assert f"under the training prior, baseline and baseline again (tied, {train}%)" in verdict
     only = {"decoupled-modified-ce": results["strategies"]["decoupled-modified-ce"]}
     assert report.prior_verdict(only).startswith(
@@ -597,3 +597,48 @@ def test_number_cells_never_wrap_and_text_cells_may():
     page, _, _ = report_html._TEMPLATES.loader.get_source(report_html._TEMPLATES, "report.html.j2")  # its CSS
     assert "td.text { white-space: normal; text-align: left; }" in page
     assert "td:last-child { white-space" not in page
+
+
+def _results_of(names: list[str], counts: list[int], strategies=("baseline", "reweight", "decoupled-modified-ce")):
+    """A results dict of a study on data with these class ``names`` and training ``counts``."""
+    rng = np.random.default_rng(7)
+    y_true = np.repeat(np.arange(len(names)), 10)
+    entries = {}
+    for index, name in enumerate(strategies):
+        y_pred = np.where(rng.random(len(y_true)) < 0.5 + 0.1 * index, y_true, rng.integers(0, len(names), len(y_true)))
+        metrics = with_test_priors(classification_metrics(y_true, y_pred, names, counts, "shots"), DEFAULT_TEST_PRIORS)
+        entries[name] = aggregate_seeds([metrics], [0])
+    return {"config": {"data": "data.npz", "imbalance": 100.0}, "strategies": entries}
+
+
+def test_the_studys_numbers_stand_beside_a_study_on_cifar10_only(tmp_path, monkeypatch):
+    """The study measured CIFAR-10-LT: its 84.15 / 85.82 / 93.78 beside CIFAR-100-LT (or any other
+    data) would compare unlike with unlike, so the column, the table and the chart's diamonds go."""
+    counts = [int(500 * 100 ** (-i / 99)) for i in range(100)]
+    for names, shown in ((list(CLASS_NAMES), True), ([f"fine{i:02d}" for i in range(100)], False)):
+        results = _results_of(names, counts if len(names) == 100 else list(COUNTS))
+        out = tmp_path / str(len(names))
+        out.mkdir()
+        figures = _drawn_figures(monkeypatch)
+        report.render_study(results, out, environment=ENVIRONMENT)
+        markdown, page = (out / "results.md").read_text(), (out / "report.html").read_text()
+        for text in (markdown, page):
+            assert ("Study top-1" in text) is shown and ("Study-reported numbers" in text) is shown
+            assert ("93.78" in text) is shown
+        summary = next(f for f in figures if f.axes[0].get_title() == "Top-1 by strategy")
+        assert any(text.get_text().startswith("study ") for text in summary.axes[0].texts) is shown
+
+
+def test_the_recall_by_strategy_of_100_classes_is_binned_by_training_count(tmp_path, monkeypatch):
+    """A line per strategy over 100 classes is a tangle: beyond LABELLED_CLASSES the study's recall
+    figure gives each strategy's mean recall per log-spaced training-count bin."""
+    counts = [int(500 * 100 ** (-i / 99)) for i in range(100)]
+    results = _results_of([f"fine{i:02d}" for i in range(100)], counts)
+    figures = _drawn_figures(monkeypatch)
+    report_figures.plot_recall_comparison(results["strategies"], tmp_path / "recall.png")
+    (axes,) = figures[0].axes
+    assert axes.get_xscale() == "log" and len(axes.lines) == 3
+    assert all(len(line.get_xdata()) <= report_figures.COUNT_BINS for line in axes.lines)
+    ten = _results_of(list(CLASS_NAMES), list(COUNTS))
+    report_figures.plot_recall_comparison(ten["strategies"], tmp_path / "recall10.png")
+    assert [len(line.get_xdata()) for line in figures[1].axes[0].lines] == [10, 10, 10]

@@ -11,6 +11,10 @@ them; tests/test_cli_options.py checks that every registry and the command line 
 
 from __future__ import annotations
 
+# CIFAR-10's classes in its label order: the names of a 10-class source that has none (a torchvision
+# CIFAR-10 root, an .npz without class_names), and the data the study's own numbers are about.
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+
 # The study's "weight decay 0.9999" read four ways (ablated in RESULTS.md). 0.9999 is the
 # value of ``decay_value`` in every reading.
 DECAY_READINGS = {

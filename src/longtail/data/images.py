@@ -128,7 +128,7 @@ def decode_images(
     return images, failures
 
 
-def _image_size(path: Path) -> tuple[int, int] | None:
+def header_image_size(path: Path) -> tuple[int, int] | None:
     """(width, height) from the file's header, without decoding it; None when it is no image."""
     try:
         with Image.open(path) as image:
@@ -153,7 +153,7 @@ def listed(paths: Sequence[str]) -> str:
     return ", ".join(paths[:SHOWN_BAD_FILES]) + (f" (+{more} more)" if more > 0 else "")
 
 
-def _unreadable(bad: Sequence[str], origin) -> LongtailError:
+def unreadable_error(bad: Sequence[str], origin) -> LongtailError:
     return LongtailError(
         f"{origin}: not a readable image ({len(bad)} file{'s' if len(bad) > 1 else ''}): {listed(bad)}; fix or "
         "remove them, or pass --skip-bad-images to leave them out"

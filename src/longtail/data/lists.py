@@ -41,7 +41,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from longtail.data.images import _image_size, _unreadable, default_store_size, listed, parallel_map
+from longtail.data.images import default_store_size, header_image_size, listed, parallel_map, unreadable_error
 from longtail.data.sources import Arrays, cache_directory, check_test_split, data_path, sha256_file
 from longtail.data.store import open_store, read_header, store_files, write_header, write_store
 from longtail.errors import LongtailError
@@ -210,14 +210,14 @@ def _decode(
     present = np.flatnonzero(exists)
     files = [paths[i] for i in present]
     if store_size is None:
-        sizes = parallel_map(_image_size, files, "reading image sizes")
+        sizes = parallel_map(header_image_size, files, "reading image sizes")
         store_size = default_store_size([size for size in sizes if size is not None])
     kept = np.zeros(len(paths), bool)
 
     def accept(failures: list[tuple[int, str]]) -> None:
         bad = [files[position] for position, _ in failures]
         if bad and not skip_bad_images:
-            raise _unreadable(bad, source)
+            raise unreadable_error(bad, source)
         kept[present] = True
         kept[present[[position for position, _ in failures]]] = False
         _check_training_images(listings, kept)

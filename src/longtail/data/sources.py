@@ -41,11 +41,18 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from longtail.data.images import _image_size, _unreadable, decode_images, default_store_size, image_files, parallel_map
+from longtail.choices import CIFAR10_CLASSES
+from longtail.data.images import (
+    decode_images,
+    default_store_size,
+    header_image_size,
+    image_files,
+    parallel_map,
+    unreadable_error,
+)
 from longtail.errors import LongtailError
 from longtail.runs import atomic_write_bytes
 
-CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 ARRAY_KEYS = ("x_train", "y_train", "x_test", "y_test")
 TORCHVISION_ROOTS = {"cifar-10-batches-py": "CIFAR10", "cifar-100-python": "CIFAR100"}  # folder -> dataset class
 
@@ -269,12 +276,12 @@ def _load_image_folder(
     class_names, listing = _list_image_folder(root, source, test_fraction)
     files = [path for split_files, _ in listing.values() for path in split_files]
     if store_size is None:
-        sizes = parallel_map(_image_size, files, "reading image sizes")
+        sizes = parallel_map(header_image_size, files, "reading image sizes")
         store_size = default_store_size([size for size in sizes if size is not None])
     images, failures = decode_images(files, store_size, store_size, f"decoding images at {store_size} px")
     bad = [shown(files[position]) for position, _ in failures]
     if bad and not skip_bad_images:
-        raise _unreadable(bad, source)
+        raise unreadable_error(bad, source)
     if bad:
         tqdm.write(
             f"longtail: left out {len(bad)} unreadable image file(s) (--skip-bad-images): {bad[0]}, ...",
@@ -343,7 +350,7 @@ def _cached_decode(
     if cache.exists():
         arrays = _read_cached_arrays(cache, fingerprint, str(source))
         if arrays.skipped and not skip_bad_images:
-            raise _unreadable(arrays.skipped, source)
+            raise unreadable_error(arrays.skipped, source)
         check_test_split(len(arrays.y_test) > 0, test_fraction, source, "no test/ folder beside train/")
         return arrays
     options = dict(store_size=store_size, skip_bad_images=skip_bad_images, test_fraction=test_fraction)

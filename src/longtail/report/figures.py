@@ -14,8 +14,8 @@ from matplotlib.figure import Figure
 
 from longtail.metrics import PER_CLASS_LIMIT, confusion_cells, row_normalize
 from longtail.priors import UNIFORM, axis_order
-from longtail.report.study_numbers import STUDY_REPORTED
-from longtail.report.tables import GROUPS, _pct, shared_priors
+from longtail.report.study_numbers import study_reported
+from longtail.report.tables import GROUPS, percent, shared_priors
 from longtail.runs import atomic_write_bytes
 
 _DPI = 100
@@ -122,20 +122,20 @@ def plot_class_histogram(train_counts: Sequence[int], class_names: Sequence[str]
 
 
 def plot_recall_comparison(strategies: Mapping[str, dict], path) -> Path:
-    """Per-class recall (in %) of each strategy, one line per strategy; beyond ``PER_CLASS_LIMIT``
-    classes the mean recall by training count instead (``plot_recall_by_count``)."""
-    if len(next(iter(strategies.values()))["class_names"]) > PER_CLASS_LIMIT:
+    """Per-class recall (in %) of each strategy, one line per strategy; beyond ``LABELLED_CLASSES``
+    classes (CIFAR-100-LT's 100 included, where a line per strategy over 100 classes is a tangle) the
+    mean recall by training count instead (``plot_recall_by_count``)."""
+    if len(next(iter(strategies.values()))["class_names"]) > LABELLED_CLASSES:
         return plot_recall_by_count(strategies, path)
     fig = Figure(figsize=(10, 5), layout="constrained")
     ax = fig.add_subplot()
     markers = "osD^v<>ph*"
     names = next(iter(strategies.values()))["class_names"]
-    many = len(names) > LABELLED_CLASSES
     for index, (name, entry) in enumerate(strategies.items()):
         ax.plot(
             np.arange(len(names)),
             100 * np.asarray(entry["per_class"]["recall"]),
-            marker=None if many else markers[index % len(markers)],
+            marker=markers[index % len(markers)],
             linestyle="-" if index < 10 else "--",
             label=name,
         )
@@ -212,9 +212,8 @@ def plot_summary(strategies: Mapping[str, dict], path) -> Path:
             color="white" if inside else "black",
             fontweight="bold",
         )
-    reported = [
-        (row, 100 * STUDY_REPORTED[n]["accuracy"]) for row, n in zip(y, names, strict=True) if n in STUDY_REPORTED
-    ]
+    study = study_reported(strategies)
+    reported = [(row, 100 * study[n]["accuracy"]) for row, n in zip(y, names, strict=True) if n in study]
     if reported:
         rows, values = zip(*reported, strict=True)
         top1.scatter(values, rows, marker="D", color="black", zorder=3, label="the study reported")
@@ -352,7 +351,7 @@ def plot_recall_by_count(strategies: Mapping[str, dict], path) -> Path:
 def write_run_figures(metrics: dict, out_dir) -> list[Path]:
     """The figures of one evaluated run, under ``out_dir/figures``."""
     figures = Path(out_dir) / "figures"
-    top1 = f"top-1 {_pct(metrics['accuracy'])}%"
+    top1 = f"top-1 {percent(metrics['accuracy'])}%"
     return [
         plot_confusion_matrix(metrics, figures / "confusion_matrix.png", f"Confusion matrix ({top1})"),
         plot_precision_recall(metrics, figures / "precision_recall.png", f"Per-class precision and recall ({top1})"),
@@ -374,14 +373,14 @@ def write_study_figures(results: dict, out_dir) -> dict[str, Path]:
     strategies = results["strategies"]
     paths = {
         f"confusion_{name}": plot_confusion_matrix(
-            entry, figures / f"confusion_{_slug(name)}.png", f"{name} (top-1 {_pct(entry['accuracy'])}%)"
+            entry, figures / f"confusion_{_slug(name)}.png", f"{name} (top-1 {percent(entry['accuracy'])}%)"
         )
         for name, entry in strategies.items()
     }
     paths["summary"] = plot_summary(strategies, figures / "summary.png")
     if "baseline" in strategies:
         baseline = strategies["baseline"]
-        title = f"baseline: per-class precision and recall (top-1 {_pct(baseline['accuracy'])}%)"
+        title = f"baseline: per-class precision and recall (top-1 {percent(baseline['accuracy'])}%)"
         paths["precision_recall_baseline"] = plot_precision_recall(
             baseline, figures / "precision_recall_baseline.png", title
         )

@@ -13,15 +13,15 @@ from pathlib import Path
 import jinja2
 
 from longtail.report.figures import write_study_figures
-from longtail.report.notes import _PRIOR_NOTE, _TTA_NOTE, _TUNED_NOTE, _seed_note, prior_verdict, study_title
+from longtail.report.notes import PRIOR_NOTE, TTA_NOTE, TUNED_NOTE, prior_verdict, seed_note, study_title
 from longtail.report.tables import (
     RUN_HEADER,
     STUDY_HEADER,
     TUNED_HEADER,
-    _format_value,
     class_table,
     comparison_header,
     comparison_rows,
+    format_value,
     prior_header,
     prior_rows,
     run_rows,
@@ -57,7 +57,7 @@ def _data_uri(path: Path) -> str:
 
 def _key_values(mapping: Mapping) -> list[list[str]]:
     """Rows of every key and its value, as text."""
-    return [[str(key), _format_value(value)] for key, value in mapping.items()]
+    return [[str(key), format_value(value)] for key, value in mapping.items()]
 
 
 def write_report_html(results: dict, out_dir, *, environment: dict, figures: Mapping[str, Path] | None = None) -> Path:
@@ -71,16 +71,16 @@ def write_report_html(results: dict, out_dir, *, environment: dict, figures: Map
     page = _TEMPLATES.get_template("report.html.j2").render(
         title=study_title(results),
         images={name: _data_uri(path) for name, path in figures.items()},
-        seed_note=_seed_note(strategies),
+        seed_note=seed_note(strategies),
         comparison=(comparison_header(strategies), comparison_rows(strategies)),
         prior=(prior_header(strategies), prior_rows(strategies)) if prior_header(strategies) else None,
         prior_verdict=prior_verdict(strategies),
-        prior_note=_PRIOR_NOTE,
+        prior_note=PRIOR_NOTE,
         tuned=(TUNED_HEADER, tuned_rows(results)) if tuned_rows(results) else None,
-        tuned_note=_TUNED_NOTE,
-        study=(STUDY_HEADER, study_rows(strategies)),
+        tuned_note=TUNED_NOTE,
+        study=(STUDY_HEADER, study_rows(strategies)) if study_rows(strategies) else None,
         flipped=(comparison_header(flipped), comparison_rows(flipped)) if flipped else None,
-        tta_note=_TTA_NOTE,
+        tta_note=TTA_NOTE,
         per_class={name: class_table(entry) for name, entry in strategies.items()},
         runs=(RUN_HEADER, run_rows(results["runs"])) if results.get("runs") else None,
         configuration=_key_values(results["config"]),

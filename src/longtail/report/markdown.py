@@ -7,15 +7,15 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from longtail.report.figures import has_prior_figure
-from longtail.report.notes import _PRIOR_NOTE, _TTA_NOTE, _TUNED_NOTE, _seed_note, prior_verdict, study_title
+from longtail.report.notes import PRIOR_NOTE, TTA_NOTE, TUNED_NOTE, prior_verdict, seed_note, study_title
 from longtail.report.tables import (
     RUN_HEADER,
     STUDY_HEADER,
     TUNED_HEADER,
-    _format_value,
     class_table,
     comparison_header,
     comparison_rows,
+    format_value,
     prior_header,
     prior_rows,
     run_rows,
@@ -46,21 +46,22 @@ def write_results_markdown(results: dict, path) -> None:
         "",
         "![Top-1 and many/medium/few by strategy](figures/summary.png)",
     ]
-    lines += ["", "## Comparison", "", _seed_note(strategies), ""]
+    lines += ["", "## Comparison", "", seed_note(strategies), ""]
     lines += _md_table(comparison_header(strategies), comparison_rows(strategies))
     if prior_header(strategies):
         lines += ["", "## Under the deployment prior", "", prior_verdict(strategies), ""]
         if has_prior_figure(strategies):
             lines += ["![Top-1 by the test prior](figures/prior_accuracy.png)", ""]
-        lines += [_PRIOR_NOTE, ""] + _md_table(prior_header(strategies), prior_rows(strategies))
+        lines += [PRIOR_NOTE, ""] + _md_table(prior_header(strategies), prior_rows(strategies))
     if tuned_rows(results):
-        lines += ["", "## Fixed setting vs tuned on validation", "", _TUNED_NOTE, ""]
+        lines += ["", "## Fixed setting vs tuned on validation", "", TUNED_NOTE, ""]
         lines += _md_table(TUNED_HEADER, tuned_rows(results))
-    lines += ["", "## Study-reported numbers", ""]
-    lines += _md_table(STUDY_HEADER, study_rows(strategies))
+    if study_rows(strategies):
+        lines += ["", "## Study-reported numbers", ""]
+        lines += _md_table(STUDY_HEADER, study_rows(strategies))
     if results.get("strategies_tta_flip"):
         flipped = results["strategies_tta_flip"]
-        lines += ["", "## With flip test-time augmentation", "", _TTA_NOTE, ""]
+        lines += ["", "## With flip test-time augmentation", "", TTA_NOTE, ""]
         lines += _md_table(comparison_header(flipped), comparison_rows(flipped))
     lines += ["", "## Per-class results (mean over seeds, %)"]
     for name, entry in strategies.items():
@@ -68,8 +69,8 @@ def write_results_markdown(results: dict, path) -> None:
     if results.get("runs"):
         lines += ["", "## Runs", ""] + _md_table(RUN_HEADER, run_rows(results["runs"]))
     lines += ["", "## Configuration", ""]
-    lines += [f"- {key}: {_format_value(value)}" for key, value in results["config"].items()]
+    lines += [f"- {key}: {format_value(value)}" for key, value in results["config"].items()]
     if results.get("environment"):
         lines += ["", "## Environment", ""]
-        lines += [f"- {key}: {_format_value(value)}" for key, value in results["environment"].items()]
+        lines += [f"- {key}: {format_value(value)}" for key, value in results["environment"].items()]
     atomic_write_bytes(Path(path), ("\n".join(lines) + "\n").encode("utf-8"))

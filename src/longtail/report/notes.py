@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from longtail.priors import axis_order
-from longtail.report.tables import _pct, _prior_label, balanced_test, shared_priors
+from longtail.report.tables import balanced_test, percent, prior_label, shared_priors
 
 
 def study_title(results: dict) -> str:
@@ -26,7 +26,7 @@ def study_title(results: dict) -> str:
     return f"Long-tail study: results ({what})" if what else "Long-tail study: results"
 
 
-def _seed_note(strategies: Mapping[str, dict]) -> str:
+def seed_note(strategies: Mapping[str, dict]) -> str:
     """Sentences saying what the table numbers are, and which columns a balanced test set merges."""
     counts = sorted({len(entry["seeds"]) for entry in strategies.values()})
     seeds = next(iter(strategies.values()))["seeds"]
@@ -52,7 +52,7 @@ def _seed_note(strategies: Mapping[str, dict]) -> str:
     )
 
 
-_TUNED_NOTE = (
+TUNED_NOTE = (
     "The study's rows keep the study's settings (fixed); beside each, the same loss with its knobs chosen on the "
     "balanced validation split alone, per seed, among a grid about as large as Modified CE's τ grid (13 values; "
     "16 for CB-focal's two knobs), ties going to the setting closest to the fixed one. The tuned heads train "
@@ -72,7 +72,7 @@ def prior_verdict(strategies: Mapping[str, dict]) -> str:
         return ""
 
     def best(prior) -> tuple[tuple[str, ...], str]:
-        shown = {name: _pct(entry["under_prior"][prior]["accuracy"]) for name, entry in strategies.items()}
+        shown = {name: percent(entry["under_prior"][prior]["accuracy"]) for name, entry in strategies.items()}
         top = max(strategies, key=lambda name: strategies[name]["under_prior"][prior]["accuracy"])
         return tuple(name for name in strategies if shown[name] == shown[top]), shown[top]
 
@@ -82,7 +82,7 @@ def prior_verdict(strategies: Mapping[str, dict]) -> str:
         return f"{', '.join(names[:-1])} and {names[-1]} (tied, {numbers})"
 
     axis = axis_order(priors)
-    parts = [f"under {_prior_label(p)}, {who(best(p)[0], best(p)[1] + '%')}" for p in priors if p not in axis]
+    parts = [f"under {prior_label(p)}, {who(best(p)[0], best(p)[1] + '%')}" for p in priors if p not in axis]
     stretches: list[list[str]] = []
     for prior in axis:
         if stretches and best(stretches[-1][-1])[0] == best(prior)[0]:
@@ -104,7 +104,7 @@ def prior_verdict(strategies: Mapping[str, dict]) -> str:
     return f"The best strategy depends on the prior it is deployed to ({mean}): " + "; ".join(parts) + "."
 
 
-_PRIOR_NOTE = (
+PRIOR_NOTE = (
     "Top-1 expected where the classes come with another prior than the test set's: each class's recall on the "
     "test set weighted by its probability under the prior (the confusion matrix re-weighted exactly; no test image "
     "is dropped or drawn again). Uniform is a balanced test set; the training prior is the training split's class "
@@ -113,7 +113,7 @@ _PRIOR_NOTE = (
 )
 
 
-_TTA_NOTE = (
+TTA_NOTE = (
     "With flip test-time augmentation (the logits of each test image and its mirror averaged): rows of their "
     "own, never mixed into the table above; the same heads and temperatures, chosen without it."
 )

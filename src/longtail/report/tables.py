@@ -12,7 +12,7 @@ import numpy as np
 from longtail.knobs import LOSS_KNOBS
 from longtail.metrics import PER_CLASS_LIMIT, paired_differences
 from longtail.priors import TRAIN, UNIFORM
-from longtail.report.study_numbers import STUDY_REPORTED
+from longtail.report.study_numbers import study_reported
 
 # The comparison table on a balanced test set (CIFAR-10's): there balanced accuracy and weighted
 # recall equal top-1 and macro F1 equals weighted F1, so each appears once; on an imbalanced test
@@ -80,7 +80,7 @@ def shared_priors(strategies: Mapping[str, dict]) -> list[str]:
     ]
 
 
-def _pct(value: float) -> str:
+def percent(value: float) -> str:
     """A fraction as a percentage with 2 decimals."""
     return f"{100 * value:.2f}"
 
@@ -91,7 +91,7 @@ def _mean_std(entry: dict, key: str) -> str:
     if entry["mean"][key] is None:
         return _NONE
     std = entry["std"][key]
-    return _pct(entry["mean"][key]) if std is None else f"{_pct(entry['mean'][key])} ± {_pct(std)}"
+    return percent(entry["mean"][key]) if std is None else f"{percent(entry['mean'][key])} ± {percent(std)}"
 
 
 def _points(values) -> str:
@@ -107,8 +107,9 @@ def balanced_test(strategies: Mapping[str, dict]) -> bool:
 
 def comparison_header(strategies: Mapping[str, dict]) -> tuple[str, ...]:
     """The comparison table's columns: ``COMPARISON_HEADER`` on a balanced test set, else
-    ``COMPARISON_HEADER_IMBALANCED``."""
-    return COMPARISON_HEADER if balanced_test(strategies) else COMPARISON_HEADER_IMBALANCED
+    ``COMPARISON_HEADER_IMBALANCED``; the study's column only on the study's data."""
+    header = COMPARISON_HEADER if balanced_test(strategies) else COMPARISON_HEADER_IMBALANCED
+    return header if study_reported(strategies) else tuple(c for c in header if c != "Study top-1")
 
 
 def _tuned_top1(entry: dict) -> str:
@@ -117,16 +118,18 @@ def _tuned_top1(entry: dict) -> str:
     if tuned is None:
         return _NONE
     std = tuned["std"]
-    return _pct(tuned["accuracy"]) if std is None else f"{_pct(tuned['accuracy'])} ± {_pct(std)}"
+    return percent(tuned["accuracy"]) if std is None else f"{percent(tuned['accuracy'])} ± {percent(std)}"
 
 
-def _comparison_row(name: str, entry: dict, baseline: dict | None, header: Sequence[str]) -> list[str]:
-    """One strategy's row of the comparison table (``header``'s columns)."""
-    study = STUDY_REPORTED.get(name, {}).get("accuracy")
+def _comparison_row(
+    name: str, entry: dict, baseline: dict | None, header: Sequence[str], reported: Mapping[str, dict]
+) -> list[str]:
+    """One strategy's row of the comparison table (``header``'s columns; ``reported``: the study's numbers)."""
+    study = reported.get(name, {}).get("accuracy")
     paired = paired_differences(entry, baseline) if baseline is not None and entry is not baseline else None
     cells = {
         "Strategy": name,
-        "Study top-1": _NONE if study is None else _pct(study),
+        "Study top-1": _NONE if study is None else percent(study),
         "Top-1 (mean ± std)": f"{_mean_std(entry, 'accuracy')} (n={len(entry['seeds'])})",
         "Δ vs baseline (points)": ""
         if baseline is None
@@ -142,7 +145,8 @@ def comparison_rows(strategies: Mapping[str, dict]) -> list[list[str]]:
     top-1, with the paired per-seed differences beside it."""
     header = comparison_header(strategies)
     baseline = strategies.get("baseline")
-    return [_comparison_row(name, entry, baseline, header) for name, entry in strategies.items()]
+    reported = study_reported(strategies)
+    return [_comparison_row(name, entry, baseline, header, reported) for name, entry in strategies.items()]
 
 
 def _setting(values: Mapping[str, float]) -> str:
@@ -201,7 +205,7 @@ def tuned_rows(results: dict) -> list[list[str]]:
     return rows
 
 
-def _prior_label(name: str) -> str:
+def prior_label(name: str) -> str:
     return {TRAIN: "the training prior", UNIFORM: "uniform"}.get(name, name)
 
 
@@ -211,7 +215,7 @@ def prior_header(strategies: Mapping[str, dict]) -> tuple[str, ...]:
     shown = [name for name in PRIOR_TABLE if name in shared_priors(strategies)]
     if not shown:
         return ()
-    return ("Strategy", "Top-1 (mean ± std)", *(f"Under {_prior_label(name)} (mean ± std)" for name in shown))
+    return ("Strategy", "Top-1 (mean ± std)", *(f"Under {prior_label(name)} (mean ± std)" for name in shown))
 
 
 def prior_rows(strategies: Mapping[str, dict]) -> list[list[str]]:
@@ -223,20 +227,23 @@ def prior_rows(strategies: Mapping[str, dict]) -> list[list[str]]:
         for prior in shown:
             under = entry["under_prior"][prior]
             std = under["std"]
-            cells.append(_pct(under["accuracy"]) if std is None else f"{_pct(under['accuracy'])} ± {_pct(std)}")
+            cells.append(
+                percent(under["accuracy"]) if std is None else f"{percent(under['accuracy'])} ± {percent(std)}"
+            )
         rows.append([name, _mean_std(entry, "accuracy"), *cells])
     return rows
 
 
 def study_rows(strategies: Mapping[str, dict]) -> list[list[str]]:
-    """Rows (``STUDY_HEADER``) setting every number the study reported beside ours (blank if not run)."""
+    """Rows (``STUDY_HEADER``) setting every number the study reported beside ours (blank if not run);
+    none where ours are not on the study's data."""
     rows = []
-    for name, reported in STUDY_REPORTED.items():
+    for name, reported in study_reported(strategies).items():
         for key, value in reported.items():
             entry = strategies.get(name)
             ours = _mean_std(entry, key) if entry else ""
             gap = f"{100 * (entry['mean'][key] - value):+.2f}" if entry else ""
-            rows.append([name, _METRIC_LABELS[key], _pct(value), ours, gap])
+            rows.append([name, _METRIC_LABELS[key], percent(value), ours, gap])
     return rows
 
 
@@ -244,7 +251,7 @@ def per_class_rows(entry: dict) -> list[list[str]]:
     """Rows (``PER_CLASS_HEADER``) of one strategy's per-class metrics, mean over seeds."""
     per_class = entry["per_class"]
     return [
-        [name, str(count), _pct(precision), _pct(recall), _pct(f1)]
+        [name, str(count), percent(precision), percent(recall), percent(f1)]
         for name, count, precision, recall, f1 in zip(
             entry["class_names"],
             entry["train_counts"],
@@ -266,7 +273,7 @@ def per_group_rows(entry: dict) -> list[list[str]]:
     rows = []
     for group in GROUPS:
         members = entry["group_classes"][group]
-        means = [_pct(float(np.mean(np.asarray(entry["per_class"][key])[members]))) if members else _NONE
+        means = [percent(float(np.mean(np.asarray(entry["per_class"][key])[members]))) if members else _NONE
                  for key in ("precision", "recall", "f1")]  # fmt: skip
         rows.append([group, str(len(members)), str(int(counts[members].sum())), *means])
     return rows
@@ -280,7 +287,7 @@ def class_table(entry: dict) -> tuple[Sequence[str], list[list[str]]]:
     return PER_CLASS_HEADER, per_class_rows(entry)
 
 
-def _format_value(value) -> str:
+def format_value(value) -> str:
     """A config or environment value as compact text."""
     return value if isinstance(value, str) else json.dumps(value, default=str)
 
@@ -293,7 +300,7 @@ def run_rows(runs: Mapping[str, dict]) -> list[list[str]]:
             sizes = run.get("epoch_sizes") or []
             schedule = ", ".join(f"{size}×{sizes.count(size)}" for size in dict.fromkeys(sizes))
             grid = run.get("test_size_grid") or {}
-            chosen = ", ".join(f"{size}: {_pct(acc)}" for size, acc in grid.items())
+            chosen = ", ".join(f"{size}: {percent(acc)}" for size, acc in grid.items())
             rows.append([name, "stage 1", schedule, str(run["test_image_size"]), chosen or _NONE])
         else:
             chosen = run.get("chosen") or {}
