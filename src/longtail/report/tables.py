@@ -85,13 +85,17 @@ def percent(value: float) -> str:
     return f"{100 * value:.2f}"
 
 
+def _percent_std(mean: float, std: float | None) -> str:
+    """``mean ± std`` in %; the mean alone where there is no std (one seed has none)."""
+    return percent(mean) if std is None else f"{percent(mean)} ± {percent(std)}"
+
+
 def _mean_std(entry: dict, key: str) -> str:
     """``mean ± std`` over seeds of a headline number, in % (``—`` where it has none; the mean
     alone for one seed, which has no std)."""
     if entry["mean"][key] is None:
         return _NONE
-    std = entry["std"][key]
-    return percent(entry["mean"][key]) if std is None else f"{percent(entry['mean'][key])} ± {percent(std)}"
+    return _percent_std(entry["mean"][key], entry["std"][key])
 
 
 def _points(values) -> str:
@@ -115,10 +119,7 @@ def comparison_header(strategies: Mapping[str, dict]) -> tuple[str, ...]:
 def _tuned_top1(entry: dict) -> str:
     """Top-1 of a row's tuned result, mean ± std in % (``—`` for a row with no knob)."""
     tuned = entry.get("tuned")
-    if tuned is None:
-        return _NONE
-    std = tuned["std"]
-    return percent(tuned["accuracy"]) if std is None else f"{percent(tuned['accuracy'])} ± {percent(std)}"
+    return _NONE if tuned is None else _percent_std(tuned["accuracy"], tuned["std"])
 
 
 def _comparison_row(
@@ -223,13 +224,8 @@ def prior_rows(strategies: Mapping[str, dict]) -> list[list[str]]:
     shown = [name for name in PRIOR_TABLE if name in shared_priors(strategies)]
     rows = []
     for name, entry in strategies.items():
-        cells = []
-        for prior in shown:
-            under = entry["under_prior"][prior]
-            std = under["std"]
-            cells.append(
-                percent(under["accuracy"]) if std is None else f"{percent(under['accuracy'])} ± {percent(std)}"
-            )
+        under = [entry["under_prior"][prior] for prior in shown]
+        cells = [_percent_std(prior["accuracy"], prior["std"]) for prior in under]
         rows.append([name, _mean_std(entry, "accuracy"), *cells])
     return rows
 
