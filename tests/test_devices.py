@@ -12,7 +12,7 @@ import time
 import pytest
 import torch
 
-from longtail import cudnn
+from longtail import cudnn, features
 from longtail.config import TrainConfig
 from longtail.errors import LongtailError
 from longtail.features import batched_inference
@@ -70,6 +70,14 @@ def test_inference_sees_one_shape_per_pass_and_returns_every_image_once(count):
     expected = (images.float() / 255).mean(dim=(1, 2, 3))[:, None]
     torch.testing.assert_close(found, expected)
     assert set(shapes) == {(min(count, 4), 3, 8, 8)}  # one shape, the padded rows' outputs dropped
+
+
+def test_inference_copies_small_image_arrays_to_the_device_whole_and_large_ones_batch_by_batch(monkeypatch):
+    elsewhere = Runtime(torch.device("meta"))  # a device other than the images' that needs no GPU
+    images = torch.zeros(4, 8, 8, 3, dtype=torch.uint8)  # 768 bytes
+    assert features.staged_on_device(images, elsewhere).device.type == "meta"
+    monkeypatch.setattr(features, "WHOLE_COPY_BYTES", images.nbytes - 1)
+    assert features.staged_on_device(images, elsewhere) is images  # left for the batches to copy
 
 
 def test_the_optimizer_is_fused_only_where_the_parameters_are_on_a_gpu():

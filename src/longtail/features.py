@@ -59,6 +59,17 @@ FEATURE_FILES = "features-*px.pt"  # every size's cache file of a run (a glob of
 
 
 INFERENCE_BATCH_SIZE = 256
+# In-memory images up to this size go to the device in one copy (all of CIFAR's train set is 150 MB);
+# a larger array goes batch by batch, so a small GPU never holds a whole large dataset.
+WHOLE_COPY_BYTES = 1 << 30
+
+
+def staged_on_device(images, runtime: Runtime):
+    """``images`` on the inference device in one copy where they are an in-memory tensor of at most
+    ``WHOLE_COPY_BYTES``; otherwise as they are, for ``batched_inference`` to copy batch by batch."""
+    if isinstance(images, torch.Tensor) and images.nbytes <= WHOLE_COPY_BYTES:
+        return images.to(runtime.device)
+    return images
 
 
 @dataclass
@@ -89,11 +100,10 @@ def batched_inference(
     left-right with ``flip``. ``progress``: a label for a progress bar.
 
     Under ``longtail.cudnn``'s policy: no autotuning, and one batch shape per pass (a last partial
-    batch padded, its padded rows' outputs dropped). Images in memory go to the device in one copy,
-    and the outputs come back into one (pinned) tensor without waiting on the device batch by
-    batch: one synchronisation per pass."""
-    if isinstance(images, torch.Tensor):
-        images = images.to(runtime.device)
+    batch padded, its padded rows' outputs dropped). Images in memory go to the device in one copy
+    (up to ``WHOLE_COPY_BYTES``; a larger array batch by batch), and the outputs come back into one
+    (pinned) tensor without waiting on the device batch by batch: one synchronisation per pass."""
+    images = staged_on_device(images, runtime)
     total, outputs = len(images), None
     starts = range(0, total, batch_size)
     with cudnn.inference():

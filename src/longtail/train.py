@@ -320,7 +320,8 @@ def _train_epochs(
     """The epochs left, each validated, logged and checkpointed; ``data``: (images, labels, dataset).
     Returns the last epoch's (size, validation features), which the evaluation reuses."""
     images, labels, dataset = data
-    val_images = dataset.images("val").to(runtime.device)  # once, not once per epoch
+    # On the main rank, which alone validates; once, not once per epoch.
+    val_images = dataset.images("val").to(runtime.device) if runtime.is_main else None
     val_features = None
     while state.epoch < config.epochs:
         stats = train_one_epoch(state, train_model, config, images, labels, dataset, bn_mode, runtime)
