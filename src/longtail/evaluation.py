@@ -14,7 +14,13 @@ from torch import nn
 from longtail.artifacts import load_trained_model
 from longtail.config import TrainConfig
 from longtail.data.dataset import Dataset
-from longtail.features import apply_head, extract_features, features_and_logits, store_evaluation_features
+from longtail.features import (
+    apply_head,
+    extract_features,
+    features_and_logits,
+    staged_on_device,
+    store_evaluation_features,
+)
 from longtail.metrics import classification_metrics, top1_accuracy
 from longtail.models import head_of
 from longtail.priors import DEFAULT_TEST_PRIORS, Prior, check_classes, with_test_priors
@@ -54,7 +60,7 @@ def choose_test_size(
     """``(test size, {size: validation accuracy}, validation features at that size)``: the sizes of
     ``--test-size`` scored on the validation split only (``longtail.resolution``)."""
     sizes, choose = resolve_test_size(config.test_size, config.image_size)
-    val_images = dataset.images("val").to(runtime.device)  # one copy for every size
+    val_images = staged_on_device(dataset.images("val"), runtime)  # one copy for every size
     val_true = dataset.val_labels
     if len(val_true) == 0:
         return sizes[0], {}, None
@@ -101,7 +107,7 @@ def evaluate_run(
         run.update(test_image_size=size, test_size_grid={str(k): v for k, v in grid.items()})
         atomic_write_json(Path(run_dir) / RUN_FILE, run)
     args = (size, dataset.mean, dataset.std, runtime)
-    x_test = dataset.images("test").to(runtime.device)  # one copy for the plain and the mirrored pass
+    x_test = staged_on_device(dataset.images("test"), runtime)  # one copy for the plain and the mirrored pass
     test_features, logits = features_and_logits(model, x_test, *args)
     test_flip = extract_features(model, x_test, *args, flip=True) if config.tta == "flip" else None
     store_evaluation_features(

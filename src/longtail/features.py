@@ -59,17 +59,20 @@ FEATURE_FILES = "features-*px.pt"  # every size's cache file of a run (a glob of
 
 
 INFERENCE_BATCH_SIZE = 256
-# In-memory images up to this size go to the device in one copy (all of CIFAR's train set is 150 MB);
-# a larger array goes batch by batch, so a small GPU never holds a whole large dataset.
+# In-memory images up to this size go to the device in one copy for inference (all of CIFAR's train set
+# is 150 MB); a larger array goes batch by batch. Every inference pass stages its images through
+# ``staged_on_device``; stage-1 training keeps its training images on the device whole (its steps index
+# them there), and a memory-mapped store (``data.store``) reads batch by batch whatever the size.
 WHOLE_COPY_BYTES = 1 << 30
 
 
 def staged_on_device(images, runtime: Runtime):
-    """``images`` on the inference device in one copy where they are an in-memory tensor of at most
-    ``WHOLE_COPY_BYTES``; otherwise as they are, for ``batched_inference`` to copy batch by batch."""
-    if isinstance(images, torch.Tensor) and images.nbytes <= WHOLE_COPY_BYTES:
-        return images.to(runtime.device)
-    return images
+    """``images`` for inference on ``runtime``'s device: an in-memory tensor of at most
+    ``WHOLE_COPY_BYTES`` copied there whole, a larger one left where it is for ``batched_inference`` to
+    copy batch by batch, a memory-mapped store (``data.store.StoredImages``) told to read onto it."""
+    if isinstance(images, torch.Tensor) and images.nbytes > WHOLE_COPY_BYTES:
+        return images
+    return images.to(runtime.device)
 
 
 @dataclass

@@ -25,7 +25,7 @@ from longtail.checkpoint import TrainingState, checkpoint_dict, read_checkpoint,
 from longtail.config import TrainConfig
 from longtail.data import Dataset, batches, load_dataset, load_source, random_crop_flip, sha256_file, to_model_input
 from longtail.evaluation import evaluate_run
-from longtail.features import features_and_logits
+from longtail.features import features_and_logits, staged_on_device
 from longtail.metrics import top1_accuracy
 from longtail.mixing import MIXINGS, Mixed, mixing_generator
 from longtail.models import (
@@ -321,7 +321,7 @@ def _train_epochs(
     Returns the last epoch's (size, validation features), which the evaluation reuses."""
     images, labels, dataset = data
     # On the main rank, which alone validates; once, not once per epoch.
-    val_images = dataset.images("val").to(runtime.device) if runtime.is_main else None
+    val_images = staged_on_device(dataset.images("val"), runtime) if runtime.is_main else None
     val_features = None
     while state.epoch < config.epochs:
         stats = train_one_epoch(state, train_model, config, images, labels, dataset, bn_mode, runtime)
