@@ -163,12 +163,24 @@ def test_frozen_blocks_need_pretrained_weights(weights):
         ({"mixup": -1.0}, "--mixup must be a finite number at least 0, got -1.0"),
         ({"cutmix": float("nan")}, "--cutmix must be a finite number at least 0, got nan"),
         ({"mixup": 0.2, "cutmix": 1.0}, "--mixup and --cutmix both mix the training images: give one of them"),
+        ({"random_resized_crop": 0.0}, "--random-resized-crop must be a finite number in (0, 1], got 0.0"),
+        ({"random_resized_crop": 1.5}, "--random-resized-crop must be a finite number in (0, 1], got 1.5"),
+        (
+            {"random_resized_crop": 0.35, "augment": False},
+            "--random-resized-crop 0.35 augments the training images and --no-augment turns augmentation off",
+        ),
     ],
 )
-def test_weight_decay_weight_average_and_mixing_out_of_range_or_given_twice_are_refused(settings, expected):
+def test_stage1_deviations_out_of_range_or_given_twice_are_refused(settings, expected):
     with pytest.raises(LongtailError, match=re.escape(expected)):
         TrainConfig(**settings).validate()
-    for fine in ({"weight_decay": 0.5}, {"ema_decay": 0.99}, {"mixup": 0.2}, {"cutmix": 1.0}):
+    for fine in (
+        {"weight_decay": 0.5},
+        {"ema_decay": 0.99},
+        {"mixup": 0.2},
+        {"cutmix": 1.0},
+        {"random_resized_crop": 1.0},
+    ):
         TrainConfig(**fine).validate()
     assert TrainConfig(ema_decay=0.99).averaging_decay == 0.99
     assert TrainConfig(decay_reading="ema").averaging_decay == 0.9999 and TrainConfig().averaging_decay is None
@@ -207,6 +219,10 @@ def test_weight_decay_weight_average_and_mixing_out_of_range_or_given_twice_are_
         ({"method": "post-hoc-la", "tune": True}, "--tune is not used by --method post-hoc-la"),
         ({"loss": "focal", "gamma": 2.0, "tune": True}, "--tune leaves nothing to tune: --gamma fix"),
         ({"loss": "cb-focal", "gamma": 2.0, "beta": 0.99, "tune": True}, "--beta and --gamma fix every knob"),
+        ({"method": "lws", "max_norm": 1.0}, "--max-norm 1 is not used by --method lws, which trains no classifier"),
+        ({"method": "tau-norm", "max_norm": 1.0}, "--max-norm 1 is not used by --method tau-norm"),
+        ({"loss": "ldam", "max_norm": 0.5}, "--max-norm 0.5 is not used by --loss ldam, whose cosine head normalises"),
+        ({"max_norm": 0.0}, "--max-norm must be a finite number greater than 0, got 0.0"),
     ],
 )
 def test_a_stage2_option_that_nothing_uses_is_refused_naming_it_and_what_uses_it(settings, expected):
@@ -223,6 +239,7 @@ def test_a_stage2_option_that_nothing_uses_is_refused_naming_it_and_what_uses_it
         {"loss": "cb-focal", "gamma": 0.5, "tune": True},
         {"loss": "cb-focal", "beta": 0.999},
         {"loss": "modified-ce", "tau": 2.0, "epochs": 5, "views": 2, "seed": 1},
+        {"loss": "modified-ce", "max_norm": 1.0},
         {"loss": "crt", "sampler": "instance"},
         {"method": "lws", "epochs": 5, "lr": 0.01, "sampler": "instance"},
         {"method": "tau-norm", "tau": 0.5},

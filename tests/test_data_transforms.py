@@ -7,7 +7,9 @@ import pytest
 import torch
 
 from longtail.data import (
+    random_crop_boxes,
     random_crop_flip,
+    resized_crops,
     to_model_input,
 )
 
@@ -82,6 +84,57 @@ def test_to_model_input_keeps_channel_order():
     image[..., 0] = 255  # pure red
     x = to_model_input(image, 32, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
     assert torch.all(x[0, 0] == 1) and torch.all(x[0, 1:] == 0)
+
+
+# ---------------------------------------------------------------- random-resized crops
+
+MEAN, STD = (0.4, 0.5, 0.6), (0.2, 0.25, 0.3)
+
+
+def _box(width, height, centre_x, centre_y, mirror, batch):
+    return torch.tensor([[width, height, centre_x, centre_y, mirror]] * batch)
+
+
+@pytest.mark.parametrize("size", [32, 128])
+def test_the_whole_image_as_a_crop_is_the_evaluation_input_and_mirrored_its_flip(size):
+    images = _images(4, seed=2)
+    plain = to_model_input(images, size, MEAN, STD)
+    whole = resized_crops(images, _box(1.0, 1.0, 0.0, 0.0, 1.0, 4), size, MEAN, STD)
+    mirrored = resized_crops(images, _box(1.0, 1.0, 0.0, 0.0, -1.0, 4), size, MEAN, STD)
+    assert whole.shape == (4, 3, size, size) and whole.is_contiguous(memory_format=torch.channels_last)
+    assert torch.allclose(whole, plain, atol=1e-5)
+    assert torch.allclose(mirrored, plain.flip(-1), atol=1e-5)
+
+
+def test_a_crop_resized_to_its_own_size_is_its_pixels():
+    """The top-left quadrant (16 x 16 of 32 x 32) at 16 px samples the pixel centres: an exact cut."""
+    images = _images(3, seed=3)
+    quadrant = resized_crops(images, _box(0.5, 0.5, -0.5, -0.5, 1.0, 3), 16, MEAN, STD)
+    assert torch.allclose(quadrant, to_model_input(images[:, :16, :16], 16, MEAN, STD), atol=1e-5)
+    bottom_right = resized_crops(images, _box(0.5, 0.5, 0.5, 0.5, 1.0, 3), 16, MEAN, STD)
+    assert torch.allclose(bottom_right, to_model_input(images[:, 16:, 16:], 16, MEAN, STD), atol=1e-5)
+
+
+@pytest.mark.parametrize("min_scale", [0.08, 0.35, 1.0])
+def test_random_crop_boxes_lie_in_the_image_cover_at_least_the_min_scale_and_mirror_half(min_scale):
+    boxes = random_crop_boxes(2000, min_scale, torch.Generator().manual_seed(4))
+    width, height, centre_x, centre_y, mirror = boxes.unbind(1)
+    assert bool(((width > 0) & (width <= 1) & (height > 0) & (height <= 1)).all())
+    assert bool(((centre_x.abs() + width <= 1 + 1e-6) & (centre_y.abs() + height <= 1 + 1e-6)).all())
+    inside = (width < 1) & (height < 1)  # unclamped: the area share drawn, in [min_scale, 1]
+    area = (width * height)[inside]
+    assert bool((area >= min_scale - 1e-6).all()) and bool((area <= 1 + 1e-6).all())
+    ratio = (width / height)[inside]
+    assert bool(((ratio >= 3 / 4 - 1e-5) & (ratio <= 4 / 3 + 1e-5)).all())
+    assert set(mirror.tolist()) == {-1.0, 1.0} and 0.4 < float((mirror < 0).float().mean()) < 0.6
+    if min_scale < 1:  # the crops vary in size and place
+        assert float(area.std()) > 0.05 and float(centre_x.std()) > 0.05
+
+
+def test_random_crop_boxes_are_deterministic_per_generator_seed():
+    first = random_crop_boxes(64, 0.35, torch.Generator().manual_seed(9))
+    assert torch.equal(first, random_crop_boxes(64, 0.35, torch.Generator().manual_seed(9)))
+    assert not torch.equal(first, random_crop_boxes(64, 0.35, torch.Generator().manual_seed(10)))
 
 
 # ---------------------------------------------------------------- augmentation at other stored sizes

@@ -165,6 +165,25 @@ def test_lws_returns_a_linear_layer_with_the_learned_scales_folded_in():
     torch.testing.assert_close(head.bias, stage1.bias * scales, atol=1e-6, rtol=1e-6)
 
 
+def test_max_norm_bounds_every_class_row_and_a_tuned_grid_is_each_head_trained_alone():
+    """MaxNorm projects each class's weight row back to the radius after every step: a head whose
+    free rows all grow past it ends with every row inside it (and some on it), unlike the free
+    head; the tau grid (heads trained side by side) holds the bound row by row, so the chosen
+    head is the one trained alone at its tau."""
+    features, stage1, dataset = _gaussian_problem(val_per_class=15)
+    common = dict(loss="modified-ce", epochs=5, batch_size=32, lr=0.05)
+    free, _ = _fit(Stage2Config(**common, tau=1.0), stage1, features, dataset)
+    bound = 0.5 * float(free.weight.detach().norm(dim=1).min())
+    held, _ = _fit(Stage2Config(**common, tau=1.0, max_norm=bound), stage1, features, dataset)
+    norms = held.weight.detach().norm(dim=1)
+    assert bool((norms <= bound * (1 + 1e-5)).all()) and float(norms.max()) >= 0.99 * bound
+    assert not torch.allclose(held.weight, free.weight, atol=1e-3)
+    tuned, chosen = _fit(Stage2Config(**common, max_norm=bound), stage1, features, dataset)
+    assert bool((tuned.weight.detach().norm(dim=1) <= bound * (1 + 1e-5)).all())
+    alone, _ = _fit(Stage2Config(**common, tau=chosen["tau"], max_norm=bound), stage1, features, dataset)
+    torch.testing.assert_close(tuned.weight, alone.weight, atol=1e-5, rtol=0)
+
+
 # Two classes, features on the first two axes; the stage-1 classifier reads them as logits with
 # bias 2 log(prior). Post-hoc adjustment by tau leaves margin s + (2 - tau) log(pi_0 / pi_1)
 # (s = x_0 - x_1), so the validation points at s = +-0.05 log(pi_0 / pi_1) are all right only at

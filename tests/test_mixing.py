@@ -52,10 +52,11 @@ def test_the_loss_of_a_mixed_batch_is_lam_times_own_plus_one_minus_lam_times_par
         assert torch.allclose(mixed.loss(F.cross_entropy, logits, targets), expected), name
 
 
-@pytest.mark.parametrize("options", [{"mixup": 0.2}, {"cutmix": 1.0}])
-def test_mixing_changes_the_training_and_a_run_with_it_resumes_exactly(tiny_npz, tmp_path, options):
-    """Stage 1 with mixing trains other weights than without; the draws follow (seed, epoch), so a
-    run stopped after its first epoch and resumed ends with the weights of an uninterrupted run."""
+@pytest.mark.parametrize("options", [{"mixup": 0.2}, {"cutmix": 1.0}, {"random_resized_crop": 0.35}])
+def test_mixing_or_resized_crops_change_the_training_and_a_run_with_them_resumes_exactly(tiny_npz, tmp_path, options):
+    """Stage 1 with mixing (or random-resized crops) trains other weights than without; the draws
+    follow (seed, epoch), so a run stopped after its first epoch and resumed ends with the weights of
+    an uninterrupted run."""
     from longtail.train import train
 
     base = dict(

@@ -41,7 +41,7 @@ def read_finished_stage1(run_dir: Path) -> tuple[TrainConfig, dict]:
     except (KeyError, TypeError, LongtailError) as error:
         raise LongtailError(
             f"{run_dir / RUN_FILE}: not a valid longtail run record ({type(error).__name__}: {error}); "
-            "it was edited or damaged: train the run again with --overwrite"
+            "it was written by an earlier longtail or edited or damaged: train the run again with --overwrite"
         ) from error
     return config, run
 

@@ -23,7 +23,17 @@ from tqdm import tqdm
 from longtail import cudnn
 from longtail.checkpoint import TrainingState, checkpoint_dict, read_checkpoint, restore_checkpoint, rng_state
 from longtail.config import TrainConfig
-from longtail.data import Dataset, batches, load_dataset, load_source, random_crop_flip, sha256_file, to_model_input
+from longtail.data import (
+    Dataset,
+    batches,
+    load_dataset,
+    load_source,
+    random_crop_boxes,
+    random_crop_flip,
+    resized_crops,
+    sha256_file,
+    to_model_input,
+)
 from longtail.evaluation import evaluate_run
 from longtail.features import features_and_logits, staged_on_device
 from longtail.metrics import top1_accuracy
@@ -147,10 +157,14 @@ def train_one_epoch(
     )
     for step, positions in enumerate(progress):
         batch = images[positions]
-        if config.augment:
-            batch = random_crop_flip(batch, augment_generator)
         targets = labels[positions]
-        inputs = to_model_input(batch, image_size, dataset.mean, dataset.std)
+        if config.random_resized_crop is not None:
+            boxes = random_crop_boxes(len(batch), config.random_resized_crop, augment_generator)
+            inputs = resized_crops(batch, boxes, image_size, dataset.mean, dataset.std)
+        else:
+            if config.augment:
+                batch = random_crop_flip(batch, augment_generator)
+            inputs = to_model_input(batch, image_size, dataset.mean, dataset.std)
         mixed = MIXINGS[mixing[0]](inputs, mixing[1], mixing_draws) if mixing else None
         share = len(targets) * runtime.world_size / min(global_batch, total - step * global_batch)
         with cudnn.training_step(full=len(targets) == per_rank_batch):

@@ -145,7 +145,8 @@ def add_weights_option(parser: argparse.ArgumentParser) -> None:
 
 
 def add_deviation_options(parser: argparse.ArgumentParser, stated: str | None = None) -> None:
-    """Stage 1's named deviations that regularise: weight decay, a weight average, mixing images.
+    """Stage 1's named deviations that regularise: weight decay, a weight average, mixing images,
+    random-resized crops.
     ``stated``: the default the help states (the configuration's unless given, e.g. a preset's)."""
 
     def default(name: str, meaning: str) -> str:
@@ -176,6 +177,14 @@ def add_deviation_options(parser: argparse.ArgumentParser, stated: str | None = 
         metavar="ALPHA",
         help="CutMix of the training images, lam ~ Beta(ALPHA, ALPHA); a deviation from the study "
         f"({default('cutmix', 'off')})",
+    )
+    parser.add_argument(
+        "--random-resized-crop",
+        type=float,
+        metavar="MIN_SCALE",
+        help="random-resized crops of the training images instead of the pad-4 crop: each covers a share in "
+        "[MIN_SCALE, 1] of the image's area, aspect ratio 3/4 to 4/3, mirrored for half, resized to the input "
+        f"size; a deviation from the study ({stated or 'default: off'})",
     )
 
 

@@ -113,6 +113,12 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"augmented copies of the cached train features ({stated_default(Stage2Config, 'views')}: the plain "
         "images only)",
     )
+    decouple.add_argument(
+        "--max-norm",
+        type=float,
+        help="MaxNorm: after every step, scale each class's weight row back to at most this L2 norm (--method "
+        "retrain with a linear head; default: unbounded)",
+    )
     decouple.add_argument("--tau", type=float, help="temperature (default: tuned on the validation split)")
     decouple.add_argument(
         "--gamma",

@@ -78,6 +78,7 @@ STUDY_FIELDS = (
     "ema_decay",
     "mixup",
     "cutmix",
+    "random_resized_crop",
     "device",
     "compile",
 )

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from longtail.choices import SAMPLERS, STAGE2_LOSSES, STAGE2_METHODS
+from longtail.choices import COSINE_HEAD_LOSSES, SAMPLERS, STAGE2_LOSSES, STAGE2_METHODS
 from longtail.config.checks import (
     FEATURE_SIZE_MODES,
     MAX_IMAGE_SIZE,
@@ -62,6 +62,9 @@ class Stage2Config:
     batch_size: int | None = None
     lr: float | None = None
     views: int | None = None  # augmented copies of the train features (0: the plain images only)
+    # MaxNorm: after every step each class's weight row is scaled back to an L2 norm of at most this
+    # (Alshammari et al., CVPR 2022); --method retrain with a linear head only; None: unbounded.
+    max_norm: float | None = None
     tau: float | None = None  # None: tuned on validation where the method or loss has a tau
     gamma: float | None = None  # None: 1.0 (the study's), or tuned with ``tune``
     beta: float | None = None  # None: the stage-1 run's --decay-value under the cb-beta reading, else 0.9999
@@ -90,6 +93,8 @@ class Stage2Config:
             check_float("gamma", self.gamma, 0.0, 100.0)
         if self.beta is not None:
             check_float("beta", self.beta, 0.0, 1.0, high_open=True)
+        if self.max_norm is not None:
+            check_float("max_norm", self.max_norm, 0.0, low_open=True)
         if self.feature_size is not None and self.feature_size not in FEATURE_SIZE_MODES:
             check_int("feature_size", self.feature_size, MIN_IMAGE_SIZE, MAX_IMAGE_SIZE)
         if not isinstance(self.tune, bool):
@@ -117,6 +122,16 @@ class Stage2Config:
                         f"{option_name(name)} {getattr(self, name)} is not used by --method {self.method}, which "
                         f"trains nothing: {option_name(name)} is for --method retrain and lws"
                     )
+        if self.max_norm is not None and (self.method != "retrain" or self.resolved_loss in COSINE_HEAD_LOSSES):
+            user = (
+                f"--loss {self.resolved_loss}, whose cosine head normalises its weights"
+                if self.method == "retrain"
+                else f"--method {self.method}, which trains no classifier's weights"
+            )
+            unused.append(
+                f"--max-norm {self.max_norm:g} is not used by {user}: --max-norm is for --method retrain "
+                "with a linear head"
+            )
         knobs = self.knobs
         for name in KNOBS:
             if getattr(self, name) is not None and name not in knobs:
@@ -197,6 +212,7 @@ class Stage2Config:
             batch_size=training("batch_size"),
             lr=training("lr"),
             views=training("views"),
+            max_norm=self.max_norm if self.method == "retrain" else None,
             tau=self.tau if "tau" in knobs else None,
             gamma=gamma,
             beta=self.beta if "beta" in knobs else None,

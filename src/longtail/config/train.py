@@ -107,6 +107,9 @@ class TrainConfig:
     weight_decay: float = 0.0
     ema_decay: float | None = None
     mixup: float = 0.0  # alpha of mixup's Beta(alpha, alpha); 0: off
+    # Random-resized crops of the (upsampled) images instead of the pad-4 crop: the smallest share of
+    # the image's area a crop covers (longtail.data.transforms.random_crop_boxes); None: off.
+    random_resized_crop: float | None = None
     cutmix: float = 0.0  # alpha of CutMix's Beta(alpha, alpha); 0: off
     # A list source (longtail.data.lists): 'path label' list files read under the image root `data`;
     # the validation and test lists replace the held-out splits, the class-names file names the labels.
@@ -162,7 +165,7 @@ class TrainConfig:
             check_int("test_size", self.test_size, MIN_IMAGE_SIZE, MAX_IMAGE_SIZE)
 
     def _validate_deviations(self) -> None:
-        """Weight decay, the weight average and mixing, each given once."""
+        """Weight decay, the weight average, mixing and random-resized crops, each given once."""
         check_float("weight_decay", self.weight_decay, 0.0)
         if self.weight_decay and self.decay_reading in ("l2", "adamw"):
             raise LongtailError(
@@ -180,6 +183,13 @@ class TrainConfig:
         check_float("cutmix", self.cutmix, 0.0)
         if self.mixup and self.cutmix:
             raise LongtailError("--mixup and --cutmix both mix the training images: give one of them")
+        if self.random_resized_crop is not None:
+            check_float("random_resized_crop", self.random_resized_crop, 0.0, 1.0, low_open=True)
+            if not self.augment:
+                raise LongtailError(
+                    f"--random-resized-crop {self.random_resized_crop:g} augments the training images and "
+                    "--no-augment turns augmentation off: give one of them"
+                )
 
     @property
     def averaging_decay(self) -> float | None:

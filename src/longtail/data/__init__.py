@@ -11,7 +11,7 @@ of tensors (as in airbench), never image by image in Python.
   decode cache and the sources' fingerprints;
 - ``longtail.data.lists``: list-file sources (ImageNet-LT, Places-LT, iNaturalist 2018 lists);
 - ``longtail.data.splits``: long-tail counts, the training/validation/test ``Split`` and its index file;
-- ``longtail.data.transforms``: batch crop, flip, resize and normalisation;
+- ``longtail.data.transforms``: batch crop (padded or random-resized), flip, resize and normalisation;
 - ``longtail.data.dataset``: a run's ``Dataset`` (arrays, split, normalisation) and ``load_dataset``.
 
 The public names of all seven are importable from ``longtail.data`` itself.
@@ -61,7 +61,7 @@ from longtail.data.splits import (
     select_long_tail,
 )
 from longtail.data.store import STORE_FORMAT_VERSION, StoredImages, image_rows, open_store
-from longtail.data.transforms import batches, random_crop_flip, to_model_input
+from longtail.data.transforms import batches, random_crop_boxes, random_crop_flip, resized_crops, to_model_input
 
 __all__ = [
     "ARRAY_KEYS",
@@ -103,7 +103,9 @@ __all__ = [
     "normalisation",
     "parallel_map",
     "progress_bar",
+    "random_crop_boxes",
     "random_crop_flip",
+    "resized_crops",
     "select_long_tail",
     "sha256_file",
     "to_model_input",

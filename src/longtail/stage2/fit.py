@@ -55,6 +55,7 @@ def _training_options(config: Stage2Config) -> dict:
         lr=config.lr,
         seed=config.seed,
         views=config.views,
+        max_norm=config.max_norm,
     )
 
 

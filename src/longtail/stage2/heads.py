@@ -31,11 +31,15 @@ def train_head(
     lr: float,
     seed: int,
     views: int = 0,
+    max_norm: float | None = None,
     parameters: Sequence[nn.Parameter] | None = None,
 ) -> nn.Module:
     """Train ``head`` on features ``fetch(positions, view_per_sample)`` with Adam.
 
     Each sample's view is drawn uniformly from 0..views per epoch (always 0 with no views).
+    ``max_norm`` (MaxNorm, Alshammari et al., "Long-tailed recognition via weight balancing", CVPR
+    2022): after every step each class's weight row is projected back into the ball of that L2
+    radius, ``w_c <- w_c * min(1, max_norm / |w_c|)`` (``torch.renorm``; the bias is left alone).
     ``parameters`` restricts what is trained (LWS trains only its scales).
     """
     optimizer = torch.optim.Adam(list(parameters if parameters is not None else head.parameters()), lr=lr)
@@ -49,6 +53,9 @@ def train_head(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            if max_norm is not None:
+                with torch.no_grad():
+                    head.weight.copy_(torch.renorm(head.weight, p=2, dim=0, maxnorm=max_norm))
     return head.eval()
 
 
