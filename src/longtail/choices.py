@@ -70,8 +70,8 @@ LOSS_NAMES = (
     "ldam",
 )
 STAGE2_LOSSES = (*LOSS_NAMES, "modified-ce", "crt")
-# The losses on cosine logits (LDAM): their head normalises its weights (``longtail.losses``' registry
-# agrees, tested), so a bound on the weights' norms (--max-norm) means nothing to them.
+# The losses on cosine logits (LDAM): trained on a cosine classifier, whose head normalises its
+# weights, so a bound on the weights' norms (--max-norm) means nothing to them.
 COSINE_HEAD_LOSSES = ("ldam",)
 STAGE2_METHODS = ("retrain", "tau-norm", "lws", "post-hoc-la")
 

@@ -241,7 +241,6 @@ class LossSpec:
 
     build: Callable[..., LossFn]
     summary: str
-    cosine_head: bool = False  # LDAM works on cosine logits
 
 
 # "Modified Cross-Entropy" is never defined by the study. Chosen before any test number was
@@ -284,7 +283,6 @@ LOSSES: dict[str, LossSpec] = {
             lambda z, y: ldam(z, y, counts, ldam_scale, ldam_max_margin, weights)
         ),
         "LDAM (Cao et al. 2019)",
-        cosine_head=True,
     ),
 }
 

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from longtail.choices import COSINE_HEAD_LOSSES
 from longtail.config import TrainConfig
 from longtail.knobs import FIXED
-from longtail.losses import build_loss, class_balanced_weights, loss_spec
+from longtail.losses import build_loss, class_balanced_weights
 
 
 @dataclass(frozen=True)
@@ -40,7 +41,7 @@ def strategy_of(config: TrainConfig) -> Strategy:
 
 def uses_cosine_head(config: TrainConfig) -> bool:
     """Whether the strategy's loss needs a cosine classifier (LDAM's)."""
-    return loss_spec(strategy_of(config).loss).cosine_head
+    return strategy_of(config).loss in COSINE_HEAD_LOSSES
 
 
 def class_balanced_beta(config: TrainConfig) -> float:

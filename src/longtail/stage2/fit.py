@@ -23,12 +23,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from longtail.choices import COSINE_HEAD_LOSSES
 from longtail.config import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE, Stage2Config
 from longtail.data import Dataset
 from longtail.errors import LongtailError
 from longtail.features import Features
 from longtail.knobs import FIXED
-from longtail.losses import MODIFIED_CE, build_loss, loss_spec
+from longtail.losses import MODIFIED_CE, build_loss
 from longtail.resolution import GRID_STEP
 from longtail.selection import best_on_validation
 from longtail.stage2.heads import HeadGrid, ScaledLinear, fresh_head, linear_copy, train_head
@@ -43,7 +44,7 @@ def _retrain_loss_name(config: Stage2Config) -> str:
 
 def _trains_in_a_grid(config: Stage2Config) -> bool:
     """Retrain heads that are plain linear layers (all but LDAM's cosine head) train in a ``HeadGrid``."""
-    return config.method == "retrain" and not loss_spec(_retrain_loss_name(config)).cosine_head
+    return config.method == "retrain" and _retrain_loss_name(config) not in COSINE_HEAD_LOSSES
 
 
 def _training_options(config: Stage2Config) -> dict:
