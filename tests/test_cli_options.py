@@ -190,7 +190,8 @@ def test_the_configs_of_no_options_are_the_dataclass_defaults():
     assert _train_config(_parse("train", "--out", "run")) == TrainConfig()
     assert _stage2_config(_parse("decouple", "run", "--out", "head")) == Stage2Config()
     args = _parse("reproduce", "--out", "study")
-    assert all(getattr(args, name) is None for name in (*STUDY_FIELDS, *DATA_FIELDS, "weights"))
+    assert all(getattr(args, name) is None for name in (*STUDY_FIELDS, *DATA_FIELDS, "weights", "feature_size"))
+    assert _parse("reproduce", "--out", "study", "--feature-size", "stage1").feature_size == "stage1"
 
 
 def test_the_options_given_reach_the_configs():

@@ -106,12 +106,16 @@ def test_study_config_composes_the_preset_with_what_is_given():
     common = dict(data="d.npz", weights="imagenet", imbalance=100.0)  # the cpu preset freezes pretrained blocks
     preset = PRESETS["cpu"]
     plain = study_config("cpu", given={}, **common)
-    assert (plain.image_size, plain.epochs, plain.lr_schedule, plain.size_schedule) == (
+    assert (plain.image_size, plain.epochs, plain.lr_schedule, plain.size_schedule, plain.random_resized_crop) == (
         preset.image_size,
         preset.epochs,
         preset.lr_schedule,
         None,
+        preset.random_resized_crop,
     )
+    # The cpu preset's random-resized crops (chosen on validation, RESULTS.md "Round 3") can be turned off.
+    assert preset.random_resized_crop > 0
+    assert study_config("cpu", given={"random_resized_crop": 0.0}, **common).random_resized_crop == 0.0
     # A schedule given alone sets the epochs and the training size.
     scheduled = study_config("cpu", given={"size_schedule": "48:2,80:3"}, **common)
     assert (scheduled.epochs, scheduled.image_size) == (5, 80)
@@ -122,6 +126,15 @@ def test_study_config_composes_the_preset_with_what_is_given():
     assert study_config("smoke", given={"max_per_class": None}, **common).max_per_class is None
     with pytest.raises(LongtailError, match="--preset"):
         study_config("huge", given={}, **common)
+
+
+def test_every_head_of_a_study_takes_the_feature_size_it_is_given(tmp_path):
+    from longtail.study.plan import plan_study, stage2_groups
+
+    for size in ("auto", "stage1", 144):
+        plan = plan_study(TrainConfig(), (0, 1), True, tmp_path, size)
+        heads = [config for steps in plan for group in stage2_groups(steps) for config in group.heads.values()]
+        assert len(heads) > 2 * 10 and {head.feature_size for head in heads} == {size}
 
 
 @pytest.mark.parametrize(
@@ -163,8 +176,8 @@ def test_frozen_blocks_need_pretrained_weights(weights):
         ({"mixup": -1.0}, "--mixup must be a finite number at least 0, got -1.0"),
         ({"cutmix": float("nan")}, "--cutmix must be a finite number at least 0, got nan"),
         ({"mixup": 0.2, "cutmix": 1.0}, "--mixup and --cutmix both mix the training images: give one of them"),
-        ({"random_resized_crop": 0.0}, "--random-resized-crop must be a finite number in (0, 1], got 0.0"),
-        ({"random_resized_crop": 1.5}, "--random-resized-crop must be a finite number in (0, 1], got 1.5"),
+        ({"random_resized_crop": -0.1}, "--random-resized-crop must be a finite number in [0, 1], got -0.1"),
+        ({"random_resized_crop": 1.5}, "--random-resized-crop must be a finite number in [0, 1], got 1.5"),
         (
             {"random_resized_crop": 0.35, "augment": False},
             "--random-resized-crop 0.35 augments the training images and --no-augment turns augmentation off",
@@ -180,6 +193,7 @@ def test_stage1_deviations_out_of_range_or_given_twice_are_refused(settings, exp
         {"mixup": 0.2},
         {"cutmix": 1.0},
         {"random_resized_crop": 1.0},
+        {"random_resized_crop": 0.0, "augment": False},  # 0: off
     ):
         TrainConfig(**fine).validate()
     assert TrainConfig(ema_decay=0.99).averaging_decay == 0.99

@@ -65,17 +65,18 @@ atexit.register(lambda: open({path!r}, "w").write(json.dumps(sorted(shapes))))
 
 
 def _reproduce(
-    data: Path, out: Path, cache: Path, shapes: Path | None = None, **settings
+    data: Path, out: Path, cache: Path, shapes: Path | None = None, feature_size: str | None = None, **settings
 ) -> subprocess.CompletedProcess:
     """``longtail.study.reproduce`` in a fresh process (one thread), with the small configuration;
-    ``shapes``: a file to record the network's input shapes in (``SHAPE_RECORDER``)."""
+    ``shapes``: a file to record the network's input shapes in (``SHAPE_RECORDER``); ``feature_size``:
+    the stage-2 heads' (None: the preset's)."""
     call = (
         (SHAPE_RECORDER.format(path=str(shapes)) if shapes is not None else "")
         + "import sys; from pathlib import Path; from longtail.errors import LongtailError\n"
         "from longtail.study import reproduce\n"
         "try:\n"
         f"    reproduce(Path({str(out)!r}), preset='smoke', seeds=(0,), data={str(data)!r}, weights={str(WEIGHTS)!r},\n"
-        f"              cache_dir=Path({str(cache)!r}), overrides={ {**SMALL, **settings}!r})\n"
+        f"              cache_dir=Path({str(cache)!r}), overrides={ {**SMALL, **settings}!r}, feature_size={feature_size!r})\n"
         "except LongtailError as error:\n"
         "    print(f'longtail: error: {error}', file=sys.stderr); sys.exit(2)\n"
     )
@@ -213,5 +214,12 @@ def test_reproduce_runs_the_whole_study_and_resumes_without_redoing_anything(sub
     assert refused.returncode == 2
     (line,) = [line for line in refused.stderr.splitlines() if line.startswith("longtail: error:")]
     assert str(seed_dir / "baseline") in line and "epochs: recorded 1, requested 2" in line and "--overwrite" in line
+    assert {path: path.read_bytes() for path in everything} == everything
+    # The stage-2 heads' feature size is the preset's (smoke: auto) unless given; another one is refused the same way.
+    assert {head["feature_size"] for head in results["config"]["stage2"].values()} == {"auto"}
+    refused = _reproduce(subset, out, cache, feature_size="stage1")
+    assert refused.returncode == 2
+    (line,) = [line for line in refused.stderr.splitlines() if line.startswith("longtail: error:")]
+    assert "decoupled-" in line and "feature_size" in line and "stage1" in line, line
     assert {path: path.read_bytes() for path in everything} == everything
     assert {p for p in out.rglob("*") if p.is_file() and p.name != ".lock"} == set(everything)

@@ -158,7 +158,7 @@ def train_one_epoch(
     for step, positions in enumerate(progress):
         batch = images[positions]
         targets = labels[positions]
-        if config.random_resized_crop is not None:
+        if config.random_resized_crop:
             boxes = random_crop_boxes(len(batch), config.random_resized_crop, augment_generator)
             inputs = resized_crops(batch, boxes, image_size, dataset.mean, dataset.std)
         else:

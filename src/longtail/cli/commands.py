@@ -164,7 +164,7 @@ def _command_reproduce(args) -> None:
         overwrite=args.overwrite,
         cache_dir=args.cache_dir,
         overrides={**settings, **data_settings},
-        **_given(args, ("test_priors",)),
+        **_given(args, ("feature_size", "test_priors")),
     )
     for name, entry in results["strategies"].items():
         std = entry["std"]["accuracy"]  # the sample std; one seed has none

@@ -182,9 +182,9 @@ def add_deviation_options(parser: argparse.ArgumentParser, stated: str | None = 
         "--random-resized-crop",
         type=float,
         metavar="MIN_SCALE",
-        help="random-resized crops of the training images instead of the pad-4 crop: each covers a share in "
+        help="random-resized crops of the training images instead of the pad-4 crop (0: none): each covers a share in "
         "[MIN_SCALE, 1] of the image's area, aspect ratio 3/4 to 4/3, mirrored for half, resized to the input "
-        f"size; a deviation from the study ({stated or 'default: off'})",
+        f"size; a deviation from the study ({default('random_resized_crop', 'off, the pad-4 crop')})",
     )
 
 

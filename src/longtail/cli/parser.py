@@ -214,6 +214,14 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"B0's features[0:K] kept fixed, 0-{MAX_FREEZE_BLOCKS} (default: the preset's)",
     )
     add_deviation_options(reproduce, "default: the preset's")
+    reproduce.add_argument(
+        "--feature-size",
+        type=parse_feature_size,
+        help="input size of the stage-2 heads' features, as `longtail decouple --feature-size`: auto, stage1 or a "
+        "number of pixels (default: the preset's: "
+        + ", ".join(f"{name} {preset.feature_size}" for name, preset in PRESETS.items())
+        + ")",
+    )
     add_device_options(reproduce)
     add_test_priors_option(reproduce)
     reproduce.add_argument(

@@ -108,8 +108,8 @@ class TrainConfig:
     ema_decay: float | None = None
     mixup: float = 0.0  # alpha of mixup's Beta(alpha, alpha); 0: off
     # Random-resized crops of the (upsampled) images instead of the pad-4 crop: the smallest share of
-    # the image's area a crop covers (longtail.data.transforms.random_crop_boxes); None: off.
-    random_resized_crop: float | None = None
+    # the image's area a crop covers (longtail.data.transforms.random_crop_boxes); 0: off.
+    random_resized_crop: float = 0.0
     cutmix: float = 0.0  # alpha of CutMix's Beta(alpha, alpha); 0: off
     # A list source (longtail.data.lists): 'path label' list files read under the image root `data`;
     # the validation and test lists replace the held-out splits, the class-names file names the labels.
@@ -183,13 +183,12 @@ class TrainConfig:
         check_float("cutmix", self.cutmix, 0.0)
         if self.mixup and self.cutmix:
             raise LongtailError("--mixup and --cutmix both mix the training images: give one of them")
-        if self.random_resized_crop is not None:
-            check_float("random_resized_crop", self.random_resized_crop, 0.0, 1.0, low_open=True)
-            if not self.augment:
-                raise LongtailError(
-                    f"--random-resized-crop {self.random_resized_crop:g} augments the training images and "
-                    "--no-augment turns augmentation off: give one of them"
-                )
+        check_float("random_resized_crop", self.random_resized_crop, 0.0, 1.0)
+        if self.random_resized_crop and not self.augment:
+            raise LongtailError(
+                f"--random-resized-crop {self.random_resized_crop:g} augments the training images and "
+                "--no-augment turns augmentation off: give one of them (--random-resized-crop 0 is off)"
+            )
 
     @property
     def averaging_decay(self) -> float | None:

@@ -31,7 +31,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from longtail.config import gpu_job, study_config
+from longtail.config import PRESETS, gpu_job, study_config
 from longtail.data import load_source
 from longtail.decouple import decouple_many
 from longtail.errors import LongtailError
@@ -151,13 +151,15 @@ def reproduce(
     overwrite: bool = False,
     cache_dir: Path | None = None,
     overrides: dict | None = None,
+    feature_size: int | str | None = None,
     test_priors: Sequence[Prior] = DEFAULT_TEST_PRIORS,
 ) -> dict:
     """Run (or resume) the study and write its results and report into ``out``.
 
     ``overrides`` sets ``TrainConfig`` fields over the preset's settings (recorded in
     ``results.json`` as ``overrides``): the study-wide options of ``longtail reproduce``
-    (``longtail.config.STUDY_FIELDS``), its data options, and small internal configurations in tests. A run
+    (``longtail.config.STUDY_FIELDS``), its data options, and small internal configurations in tests.
+    ``feature_size`` is the stage-2 heads' (``Stage2Config.feature_size``; None: the preset's). A run
     already under ``out`` is reused or resumed only when it was made with exactly these settings;
     otherwise nothing is written and the error says what differs (``overwrite`` retrains
     everything). Every strategy is also reported under each of ``test_priors``
@@ -170,7 +172,9 @@ def reproduce(
     base, given = _study_settings(preset, seeds, overrides, data=data, weights=weights, imbalance=imbalance)
     device = device_of(base.device, gpu_job(preset))  # --preset seed needs CUDA or --device cpu
     out = Path(out)
-    plan = plan_study(base, seeds, extras, out)
+    if feature_size is None:
+        feature_size = PRESETS[preset].feature_size
+    plan = plan_study(base, seeds, extras, out, feature_size)
     check_plan(plan, base)
     # Bad data or weights fail here, before anything is written.
     arrays = load_source(base, cache_dir)

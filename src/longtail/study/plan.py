@@ -60,12 +60,13 @@ class Stage2Group:
     tuned: dict[str, str] = field(default_factory=dict)
 
 
-def _stage2_group(stage1: Path, rows: dict[str, Stage2Config], seed: int) -> Stage2Group:
-    """The rows' heads on ``stage1`` with the seed (where they train), each row with a knob that
-    it does not tune itself joined by its tuned variant: the same head with ``tune``, trained in
-    the same grid (the same batches and learning rate)."""
+def _stage2_group(stage1: Path, rows: dict[str, Stage2Config], seed: int, feature_size: int | str) -> Stage2Group:
+    """The rows' heads on ``stage1`` on features at ``feature_size`` with the seed (where they
+    train), each row with a knob that it does not tune itself joined by its tuned variant: the same
+    head with ``tune``, trained in the same grid (the same batches and learning rate)."""
     heads, tuned = {}, {}
     for name, config in rows.items():
+        config = dataclasses.replace(config, feature_size=feature_size)
         heads[name] = dataclasses.replace(config, seed=seed) if config.trains else config
         if heads[name].tuned_knobs:
             tuned[name] = name
@@ -75,11 +76,13 @@ def _stage2_group(stage1: Path, rows: dict[str, Stage2Config], seed: int) -> Sta
     return Stage2Group(stage1, heads, tuned)
 
 
-def plan_study(base: TrainConfig, seeds: tuple[int, ...], extras: bool, out: Path) -> list[list]:
+def plan_study(
+    base: TrainConfig, seeds: tuple[int, ...], extras: bool, out: Path, feature_size: int | str
+) -> list[list]:
     """Per seed, the list of runs in the order they are made: stage 1 (the baseline) is trained once and
-    reused by every decoupled loss; cheap stage-2 heads right after the stage 1 they share, so
-    results arrive early; Reweight (and with ``extras`` the other end-to-end strategies) are runs
-    of their own."""
+    reused by every decoupled loss; cheap stage-2 heads (on features at ``feature_size``) right
+    after the stage 1 they share, so results arrive early; Reweight (and with ``extras`` the other
+    end-to-end strategies) are runs of their own."""
     plan = []
     for seed in seeds:
         seed_dir = out / f"seed{seed}"
@@ -87,11 +90,11 @@ def plan_study(base: TrainConfig, seeds: tuple[int, ...], extras: bool, out: Pat
         study_heads = {f"decoupled-{loss}": Stage2Config(loss=loss) for loss in STUDY_LOSSES}
         steps: list = [
             Stage1Run(stage1, dataclasses.replace(base, seed=seed)),
-            _stage2_group(stage1, study_heads, seed),
+            _stage2_group(stage1, study_heads, seed, feature_size),
             Stage1Run(seed_dir / "reweight", dataclasses.replace(base, seed=seed, strategy="reweight")),
         ]
         if extras:
-            steps.append(_stage2_group(stage1, EXTRA_STAGE2, seed))
+            steps.append(_stage2_group(stage1, EXTRA_STAGE2, seed, feature_size))
             steps += [
                 Stage1Run(seed_dir / strategy, dataclasses.replace(base, seed=seed, strategy=strategy))
                 for strategy in EXTRA_STAGE1
