@@ -76,7 +76,8 @@ def _reproduce(
         "from longtail.study import reproduce\n"
         "try:\n"
         f"    reproduce(Path({str(out)!r}), preset='smoke', seeds=(0,), data={str(data)!r}, weights={str(WEIGHTS)!r},\n"
-        f"              cache_dir=Path({str(cache)!r}), overrides={ {**SMALL, **settings}!r}, feature_size={feature_size!r})\n"
+        f"              cache_dir=Path({str(cache)!r}), overrides={ {**SMALL, **settings}!r},\n"
+        f"              feature_size={feature_size!r})\n"
         "except LongtailError as error:\n"
         "    print(f'longtail: error: {error}', file=sys.stderr); sys.exit(2)\n"
     )
