@@ -545,9 +545,10 @@ def test_decouple_tune_records_what_it_chose_and_what_it_used(workspace, tmp_pat
 def test_reproduce_finds_a_missing_validation_split_before_any_training(workspace, tmp_path):
     out = tmp_path / "study"
     argv = ["reproduce", "--data", str(workspace["npz"]), "--weights", "none", "--freeze-blocks", "0"]
-    argv += ["--val-per-class", "0"]
+    argv += ["--val-per-class", "0", "--out", str(out), "--cache-dir", str(tmp_path / "cache")]
+    # The heads choosing their own feature size (--feature-size auto) tune it on validation too.
     line = _assert_refused(
-        [*argv, "--out", str(out), "--cache-dir", str(tmp_path / "cache")],
+        [*argv, "--feature-size", "auto"],
         [
             "--val-per-class 0",
             "decoupled-modified-ce (tau and the feature size)",
@@ -558,6 +559,9 @@ def test_reproduce_finds_a_missing_validation_split_before_any_training(workspac
         [tmp_path],
     )
     assert "decoupled-cb-focal-tuned (beta and gamma and the feature size)" in line
+    # The cpu preset's heads are at the stage-1 size: only their own knobs are tuned.
+    line = _assert_refused(argv, ["--val-per-class 0", "decoupled-modified-ce (tau)", "--val-fraction"], [tmp_path])
+    assert "feature size" not in line and "decoupled-balanced-softmax" not in line
     assert not out.exists() and not (tmp_path / "cache").exists()  # refused before even reading the data
 
 
