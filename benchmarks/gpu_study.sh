@@ -17,19 +17,27 @@
 # `timeout` (GPU_STUDY_SECONDS, default 540): a study cut short resumes where it stopped when the
 # script is run again with the same OUT_DIR, and its wall time adds up over the invocations.
 #
-# Getting the data to a device machine (it receives the repository, at most 64 MiB a call, and keeps
-# what a call leaves outside it only while it stays warm, ~30 s after a call; the whole cifar10.npz
-# is 170 MB): ../shared/tools/gpu/pack.py puts the images one seed's study uses into two files,
-# rebuilt there into an equivalent cifar10.npz (same splits; its checksum differs from the original's).
-#   here, once:  python ../shared/tools/gpu/pack.py ../shared/data/cifar10.npz .gpu 0   # part_test.npz 31 MB,
-#                xz -T2 .gpu/part_test.npz                                              # part_train.npz 40 MB
+# Getting the data to a device machine: each call sends the working tree (every tracked file, ~27 MB
+# today) plus what it carries, 64 MiB in all, and the machine keeps what a call leaves outside the
+# repository only while it stays warm (~30 s after a call). The whole cifar10.npz is 170 MB:
+# ../shared/tools/gpu/pack.py puts the images one seed's study uses into two files, rebuilt there
+# into an equivalent cifar10.npz (same splits; its checksum differs from the original's). Measured for
+# seed 0: part_test.npz 31.2 MB (23.3 MB xz'd), part_train.npz 39.6 MB (28.6 MB xz'd), the weights
+# 21.4 MB: three calls, each carrying at most 28.6 MB, back to back (the tests hold the tracked files
+# to leave room for the largest: test_benchmarks.py). There, `unxz IN OUT` stands for Python's own
+# `python3 -c 'import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], "wb"))'`
+# (no xz binary assumed).
+#   here, once:  python ../shared/tools/gpu/pack.py ../shared/data/cifar10.npz .gpu 0
+#                xz -T2 .gpu/part_test.npz .gpu/part_train.npz
 #                cp ../shared/weights/efficientnet_b0_imagenet_tfhub.pth .gpu/
 #                echo /.gpu/ >>"$(git rev-parse --git-path info/exclude)"                    # never committed
-#   call 1 (carry .gpu/part_test.npz.xz and .gpu/efficientnet_b0_imagenet_tfhub.pth: 45 MB):
-#                mkdir -p /root/gw && xz -dc .gpu/part_test.npz.xz >/root/gw/part_test.npz &&
-#                cp .gpu/efficientnet_b0_imagenet_tfhub.pth /root/gw/ && ... (e.g. benchmarks/gpu_check.sh)
-#   call 2, at once (carry .gpu/part_train.npz and .gpu/pack.py: 40 MB):
-#                python3 .gpu/pack.py assemble /root/gw/part_test.npz .gpu/part_train.npz /root/gw/cifar10.npz &&
+#   call 1 (carry .gpu/efficientnet_b0_imagenet_tfhub.pth and .gpu/pack.py):
+#                mkdir -p /root/gw && cp .gpu/efficientnet_b0_imagenet_tfhub.pth .gpu/pack.py /root/gw/
+#   call 2, at once (carry .gpu/part_test.npz.xz):
+#                unxz .gpu/part_test.npz.xz /root/gw/part_test.npz && ... (e.g. benchmarks/gpu_check.sh)
+#   call 3, at once (carry .gpu/part_train.npz.xz):
+#                unxz .gpu/part_train.npz.xz /root/gw/part_train.npz &&
+#                python3 /root/gw/pack.py assemble /root/gw/part_test.npz /root/gw/part_train.npz /root/gw/cifar10.npz &&
 #                DATA=/root/gw/cifar10.npz WEIGHTS=/root/gw/efficientnet_b0_imagenet_tfhub.pth \
 #                GPU_STUDY_ARCHIVE=$OUT/study.tar.gz bash benchmarks/gpu_study.sh /root/gw/study; cp /root/gw/study/gpu_study.log $OUT/
 set -u

@@ -199,6 +199,25 @@ def test_gpu_study_script_dry_run_on_cpu_writes_the_study_and_its_log(tmp_path, 
     assert "=== gpu_study" in log and "reproduce exit status 0" in log
 
 
+# A device machine receives the working tree (every tracked file) and what a call carries, 64 MiB in
+# all; gpu_study.sh's header sends the data in three calls, the largest carrying seed 0's
+# part_train.npz xz'd (28,579,144 bytes, measured with ../shared/tools/gpu/pack.py and `xz -6`).
+DEVICE_CALL_BYTES = 64 * 2**20
+LARGEST_DEVICE_CARRY_BYTES = 28_579_144
+
+
+def test_the_tracked_files_leave_room_for_the_largest_device_transfer():
+    """A multi-megabyte record committed under results/ once made every documented transfer too large."""
+    assert "28.6 MB xz'd" in (BENCHMARKS / "gpu_study.sh").read_text()
+    root = BENCHMARKS.parent
+    if shutil.which("git") is None or not (root / ".git").exists():
+        pytest.skip("not a git checkout: what travels is its tracked files")
+    listed = subprocess.run(["git", "ls-files", "-z"], cwd=root, capture_output=True, check=True).stdout
+    tracked = sum((root / name).stat().st_size for name in listed.decode().split("\0") if (root / name).is_file())
+    room = DEVICE_CALL_BYTES - LARGEST_DEVICE_CARRY_BYTES
+    assert tracked <= room, f"the tracked files take {tracked / 1e6:.1f} MB of the {room / 1e6:.1f} MB left"
+
+
 def test_results_speed_states_the_heads_the_study_benchmark_fits():
     # RESULTS.md "Speed" once credited the benchmark's 0.9 s of heads to `reproduce`'s 59-head grid.
     configs = _script("study").stage2_configs(30, 0)
