@@ -17,7 +17,7 @@
 # `timeout` (GPU_STUDY_SECONDS, default 540): a study cut short resumes where it stopped when the
 # script is run again with the same OUT_DIR, and its wall time adds up over the invocations.
 #
-# Getting the data to a device machine: each call sends the working tree (every tracked file, ~27 MB
+# Getting the data to a device machine: each call sends the working tree (every tracked file, ~28 MB
 # today) plus what it carries, 64 MiB in all, and the machine keeps what a call leaves outside the
 # repository only while it stays warm (~30 s after a call). The whole cifar10.npz is 170 MB:
 # ../shared/tools/gpu/pack.py puts the images one seed's study uses into two files, rebuilt there
