@@ -147,6 +147,22 @@ def test_first_step_runs_each_variant_in_a_process_of_its_own_and_says_where_cud
         assert variant["training_estimate_s"] >= variant["first_step_s"]
 
 
+def test_allocator_runs_both_policies_each_in_a_process_of_its_own(real_subset, weights_file, cache_dir, capsys):
+    argv = ["--data", str(real_subset), "--weights", str(weights_file), "--cache-dir", str(cache_dir), *TINY]
+    argv += ["--image-size", "32", "--feature-size", "40", "--batch-size", "8", "--steps", "2", "--images", "12"]
+    argv += ["--rounds", "1"]
+    result = _script("allocator").main(argv)
+    assert _last_json_line(capsys) == result
+    for policy in ("default", "keep"):
+        for part in ("train", "features"):
+            assert result[policy][part]["images_per_s"] > 0 and result[policy][part]["minor_faults"] > 0, (policy, part)
+        assert result[policy]["peak_rss_mb"] > 0 and result[policy]["threads"] == 1
+    assert result["train_speedup"] == round(
+        result["keep"]["train"]["images_per_s"] / result["default"]["train"]["images_per_s"], 3
+    )
+    assert (result["image_size"], result["feature_size"], result["images"]) == (32, 40, 12)
+
+
 def test_gpu_check_script_parses():
     bash = shutil.which("bash")
     if bash is None:

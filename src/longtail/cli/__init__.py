@@ -7,12 +7,15 @@ default, and the help texts show them from there.
 - ``longtail.cli.options``: the options several commands share, and the defaults their help states;
 - ``longtail.cli.parser``: ``build_parser``, each command and its own options;
 - ``longtail.cli.commands``: the command bodies (``COMMANDS``) and what to do after Ctrl-C (``INTERRUPTED``).
+
+Each command runs under the process's host memory policy (``longtail.allocator.keep_freed_memory``).
 """
 
 from __future__ import annotations
 
 import sys
 
+from longtail.allocator import keep_freed_memory
 from longtail.cli.commands import COMMANDS, INTERRUPTED, INTERRUPTED_DEFAULT
 from longtail.cli.parser import build_parser
 from longtail.errors import LongtailError
@@ -22,6 +25,7 @@ __all__ = ["COMMANDS", "build_parser", "main"]
 
 def main(argv: list[str] | None = None) -> int:
     command = None
+    keep_freed_memory()
     try:
         args = build_parser().parse_args(argv)
         command = args.command
