@@ -9,11 +9,12 @@ feature pass nearly half its time. With ``keep_freed_memory`` glibc serves large
 heap and keeps what is freed there (trimmed only above ``TRIM_THRESHOLD_BYTES``), so the next batch
 reuses pages already mapped. ``benchmarks/allocator.py``, both policies side by side (Intel Xeon, 2
 cores, the `cpu` preset's shapes): training steps 1.11x as fast, a 160-px feature pass 1.72x, the
-kernel's share of their CPU time from 10 s to under 1 s; the price is peak resident memory, 4.06 GB
--> 4.80 GB in that process: blocks freed in the heap are reused but never shaped to fit exactly (torch
-asks for 64-byte-aligned blocks), and resident memory stays near its peak instead of dropping after
-each batch. Transparent huge pages for torch's blocks (``THP_MEM_ALLOC_ENABLE=1``) were slower than
-both (RESULTS.md, "Speed").
+kernel's share of their CPU time from 10 s to under 1 s; the one-seed `cpu` study 30 min 32 s instead
+of 39 min 38 s, every number the same. The price is peak resident memory (4.06 -> 4.80 GB in the
+benchmark's process, 4.42 -> 6.85 GB for that study): blocks freed in the heap are reused but never
+shaped to fit exactly (torch asks for 64-byte-aligned blocks), and resident memory stays near its peak
+instead of dropping after each batch. Transparent huge pages for torch's blocks
+(``THP_MEM_ALLOC_ENABLE=1``) were slower than both (RESULTS.md, "Speed").
 
 Applied once per process by the command line (``longtail.cli.main``); the library does not set it on
 import. Where ``mallopt`` does not exist (macOS, Windows, or a C library without it) nothing changes.
