@@ -112,7 +112,7 @@ def child(args: argparse.Namespace) -> None:
     model, info = build_model(dataset.arrays.num_classes, config.weights)
     model = model.to(memory_format=torch.channels_last)
     freeze_blocks(model, config.freeze_blocks)
-    images = torch.from_numpy(dataset.arrays.x_train[dataset.split.train])
+    images = dataset.images("train")
     labels = torch.from_numpy(dataset.train_labels)
     bn_mode = resolve_bn_mode(config.bn, info)
     state = training_state(model, config, steps_per_epoch(len(labels), config, bn_mode, runtime.world_size))
@@ -132,18 +132,13 @@ def child(args: argparse.Namespace) -> None:
     print(json.dumps(result), flush=True)
 
 
-def measured(args: argparse.Namespace, policy: str) -> dict:
-    """A child process under ``policy``: its measurements and its peak resident memory (MB)."""
-    command = [sys.executable, __file__, "--child", policy, "--data", args.data, "--weights", args.weights]
-    command += ["--image-size", str(args.image_size), "--feature-size", str(args.feature_size)]
-    command += ["--freeze-blocks", str(args.freeze_blocks), "--batch-size", str(args.batch_size)]
-    command += ["--steps", str(args.steps), "--images", str(args.images), "--imbalance", str(args.imbalance)]
-    command += ["--val-per-class", str(args.val_per_class)]
-    command += ["--max-per-class", str(args.max_per_class)] if args.max_per_class else []
-    command += ["--cache-dir", str(args.cache_dir)] if args.cache_dir else []
+def measured(argv: list[str], threads: int | None, policy: str) -> dict:
+    """This script on ``argv`` in a child process under ``policy``: its measurements and its peak
+    resident memory (MB)."""
+    command = [sys.executable, __file__, *argv, "--child", policy]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(SRC), os.environ.get("PYTHONPATH")]))}
-    if args.threads:
-        env["OMP_NUM_THREADS"] = str(args.threads)
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)
     with tempfile.TemporaryFile("w+") as out:
         process = subprocess.Popen(command, stdout=out, env=env)
         _, status, usage = os.wait4(process.pid, 0)
@@ -167,6 +162,7 @@ def _medians(runs: list[dict]) -> dict:
 
 
 def main(argv: list[str] | None = None) -> dict | None:
+    argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
     if args.child:
         child(args)
@@ -177,7 +173,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     runs = {policy: [] for policy in POLICIES}
     for round_number in range(1, args.rounds + 1):
         for policy in POLICIES:
-            run = measured(args, policy)
+            run = measured(argv, args.threads, policy)
             runs[policy].append(run)
             system = run["train"]["system_seconds"] + run["features"]["system_seconds"]
             print(
